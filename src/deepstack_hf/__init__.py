@@ -1,0 +1,34 @@
+"""DeepStack (NeurIPS 2024) for Hugging Face Transformers.
+
+Importing this package registers the DeepStack config, models, image processor and processor with the
+Auto classes, so ``AutoProcessor``, ``AutoModelForImageTextToText`` and ``pipeline("image-text-to-text")``
+load converted checkpoints.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+)
+
+from .configuration_deepstack import DeepStackConfig
+from .image_processing_deepstack import DeepStackImageProcessor
+from .modeling_deepstack import DeepStackForConditionalGeneration, DeepStackModel, DeepStackPreTrainedModel
+from .processing_deepstack import DeepStackProcessor
+
+AutoConfig.register(DeepStackConfig.model_type, DeepStackConfig, exist_ok=True)
+AutoModel.register(DeepStackConfig, DeepStackModel, exist_ok=True)
+AutoModelForImageTextToText.register(DeepStackConfig, DeepStackForConditionalGeneration, exist_ok=True)
+AutoImageProcessor.register(DeepStackConfig, slow_image_processor_class=DeepStackImageProcessor, exist_ok=True)
+AutoProcessor.register(DeepStackConfig, DeepStackProcessor, exist_ok=True)
+
+__all__ = [
+    "DeepStackConfig",
+    "DeepStackForConditionalGeneration",
+    "DeepStackImageProcessor",
+    "DeepStackModel",
+    "DeepStackPreTrainedModel",
+    "DeepStackProcessor",
+]

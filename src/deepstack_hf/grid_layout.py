@@ -1,0 +1,79 @@
+"""Crop-grid and token-count arithmetic shared by the image processor, the processor and the model.
+
+A *grid* is ``(grid_width, grid_height)``: how many 336-pixel crops wide and tall the high-resolution
+canvas of an image is (SPEC.md order, width first). Every function here is pure integer arithmetic so
+that the processor (which counts placeholder tokens) and the model (which lays out features) can never
+disagree.
+"""
+
+import math
+
+
+def candidate_grids(num_crops: int) -> list[tuple[int, int]]:
+    """All canvases the original code considers for ``num_crops`` crops, in its (width-major) order.
+
+    Every ``(w, h)`` with ``w`` in ``1..num_crops`` and ``h`` in ``1..num_crops // w``, except ``(1, 1)``.
+    """
+    return [(w, h) for w in range(1, num_crops + 1) for h in range(1, num_crops // w + 1) if (w, h) != (1, 1)]
+
+
+def select_best_grid(image_width: int, image_height: int, num_crops: int, crop_size: int) -> tuple[int, int]:
+    """LLaVA-NeXT's best-resolution rule over ``candidate_grids(num_crops)``.
+
+    Largest effective resolution ``min(int(W*s) * int(H*s), W*H)`` with ``s = min(cw/W, ch/H)``; ties broken
+    by the least wasted canvas area, remaining ties by candidate order (first wins). Returns ``(w, h)``.
+    """
+    if image_width < 1 or image_height < 1:
+        raise ValueError(f"Image size must be at least 1x1 pixels, got {image_width}x{image_height}.")
+    best_grid, best_effective, best_waste = None, 0, math.inf
+    for grid_w, grid_h in candidate_grids(num_crops):
+        canvas_w, canvas_h = grid_w * crop_size, grid_h * crop_size
+        scale = min(canvas_w / image_width, canvas_h / image_height)
+        effective = min(int(image_width * scale) * int(image_height * scale), image_width * image_height)
+        waste = canvas_w * canvas_h - effective
+        if effective > best_effective or (effective == best_effective and waste < best_waste):
+            best_grid, best_effective, best_waste = (grid_w, grid_h), effective, waste
+    if best_grid is None:
+        raise ValueError(f"num_crops={num_crops} admits no crop grid; it must be at least 2.")
+    return best_grid
+
+
+def hd_upsample_factor(num_crops: int) -> int:
+    """Side length of the sub-crop grid each HD view is split into: ``int(sqrt(num_crops))``."""
+    return math.isqrt(num_crops)
+
+
+def num_stacks(num_crops: int, hd_layout: bool) -> int:
+    """Number of stacks K: ``num_crops`` (plain) or ``int(sqrt(num_crops))**2`` (HD)."""
+    return hd_upsample_factor(num_crops) ** 2 if hd_layout else num_crops
+
+
+def num_views(grid: tuple[int, int], num_crops: int, hd_layout: bool) -> int:
+    """How many 336x336 crops the image processor emits for one image with this grid.
+
+    Plain: the global view plus ``w*h`` local crops. HD: those ``1 + w*h`` sequence views, then
+    ``s*s`` sub-crops for each of them (``s = hd_upsample_factor(num_crops)``).
+    """
+    grid_w, grid_h = grid
+    sequence_views = 1 + grid_w * grid_h
+    if not hd_layout:
+        return sequence_views
+    return sequence_views * (1 + hd_upsample_factor(num_crops) ** 2)
+
+
+def num_sequence_views(grid: tuple[int, int]) -> int:
+    """Views whose features form the image's tokens in the sequence: the global view and the grid crops."""
+    return 1 + grid[0] * grid[1]
+
+
+def num_image_tokens(grid: tuple[int, int], hd_layout: bool, patches_per_side: int) -> int:
+    """Visual tokens one image occupies in the prompt.
+
+    Plain: ``p*p`` (576 for CLIP-L/336). HD: ``p*p + p*h * (p*w + 1)`` (base view, then the grid map with
+    one ``image_newline`` token after each of its rows).
+    """
+    tokens = patches_per_side * patches_per_side
+    if hd_layout:
+        grid_w, grid_h = grid
+        tokens += patches_per_side * grid_h * (patches_per_side * grid_w + 1)
+    return tokens
