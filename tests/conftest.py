@@ -1,0 +1,63 @@
+"""Shared factories for tiny random DeepStack configurations (CPU, seconds)."""
+
+import pytest
+
+from deepstack_hf import DeepStackConfig
+
+TINY_IMAGE_SIZE = 56  # 4x4 patches of 14 pixels per view: 16 visual tokens per view
+TINY_PATCH_SIZE = 14
+
+
+def tiny_text_config(model_type: str = "llama", vocab_size: int = 320, num_hidden_layers: int = 6, **overrides) -> dict:
+    """A Llama-family decoder small enough to run a forward pass in milliseconds."""
+    config = {
+        "model_type": model_type,
+        "vocab_size": vocab_size,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": num_hidden_layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+        "pad_token_id": 0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
+    config.update(overrides)
+    return config
+
+
+def tiny_vision_config(**overrides) -> dict:
+    config = {
+        "model_type": "clip_vision_model",
+        "hidden_size": 24,
+        "intermediate_size": 48,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "image_size": TINY_IMAGE_SIZE,
+        "patch_size": TINY_PATCH_SIZE,
+        "projection_dim": 16,
+    }
+    config.update(overrides)
+    return config
+
+
+def tiny_deepstack_config(
+    text_model_type: str = "llama", hd_layout: bool = False, num_crops: int = 4, image_token_id: int = 300, **overrides
+) -> DeepStackConfig:
+    """DeepStack config over a tiny CLIP and a tiny decoder; extra keyword arguments override config fields."""
+    text_overrides = overrides.pop("text_config", {})
+    return DeepStackConfig(
+        vision_config=tiny_vision_config(),
+        text_config=tiny_text_config(text_model_type, **text_overrides),
+        image_token_id=image_token_id,
+        num_crops=num_crops,
+        hd_layout=hd_layout,
+        image_seq_length=(TINY_IMAGE_SIZE // TINY_PATCH_SIZE) ** 2,
+        **overrides,
+    )
+
+
+@pytest.fixture
+def tiny_config_factory():
+    return tiny_deepstack_config
