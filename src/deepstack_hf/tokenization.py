@@ -1,0 +1,190 @@
+"""SentencePiece helpers: a tiny trainable Llama-style model and its Transformers fast tokenizer.
+
+Two public functions:
+
+* :func:`train_tiny_sentencepiece` trains, in a fraction of a second and without any download, a small
+  SentencePiece BPE model laid out like Llama's ``tokenizer.model`` (``<unk>`` = 0, ``<s>`` = 1, ``</s>`` = 2,
+  byte fallback, identity normalisation, no whitespace folding). Tests and the offline demo use it.
+* :func:`tokenizer_from_sentencepiece` turns any Llama-family ``tokenizer.model`` into a Transformers fast
+  ``LlamaTokenizer`` (a ``tokenizer.json`` on save) that gives the ids of the original slow
+  ``LlamaTokenizer(legacy=False)``: BOS added, no EOS, no dummy prefix after special tokens, pad = ``<unk>``,
+  with the ``<image>`` placeholder added as a special token and ``padding_side="left"`` for generation.
+
+One difference between every fast Llama tokenizer and the slow one remains: a text whose first character is
+a space (or a literal ``▁``) gets one word-boundary piece fewer from the fast tokenizer, because the
+``Metaspace`` pre-tokenizer does not prepend ``▁`` to text that already starts with one.
+:func:`slow_compatible_text` undoes it; :class:`~deepstack_hf.DeepStackProcessor` applies it to every chunk.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+
+from tokenizers import AddedToken, pre_tokenizers
+
+SPIECE_UNDERLINE = "\u2581"
+
+# Built-in training text: lowercase-heavy English about pictures and chat turns, so that a 300-piece model
+# (259 of which are <unk>, <s>, </s> and the 256 byte pieces) still learns a few real merges.
+_TINY_CORPUS = """the cat sat on the mat and the dog sat on the log
+there is a small red car parked in front of the old house
+what is in the image? the image shows a person riding a bike
+describe the picture in detail. it is a sunny day at the beach
+how many people are there in the photo? there are three people
+the assistant gives helpful, detailed, and polite answers to the questions
+a chat between a curious user and an artificial intelligence assistant
+the user asks what color the sky is and the answer is blue
+USER: what is on the table? ASSISTANT: a cup of tea and a book
+there are two birds sitting on the tree next to the river
+a green train is crossing the bridge over the water
+the woman is holding an umbrella because it is raining
+read the text on the sign and tell me what it says
+the chart shows the price of apples rising every year
+a boy throws a ball to his dog in the park
+"""
+
+
+def train_tiny_sentencepiece(
+    model_path: str | os.PathLike,
+    vocab_size: int = 300,
+    corpus: Iterable[str] | None = None,
+    model_type: str = "bpe",
+) -> str:
+    """Train a tiny Llama-style SentencePiece model and write it to ``model_path``.
+
+    Args:
+        model_path: where the ``.model`` file goes (parent folders are created; a ``.model`` suffix is added
+            when missing). No ``.vocab`` file is left behind.
+        vocab_size: total pieces, including ``<unk>``, ``<s>``, ``</s>`` and the 256 byte pieces (so at least
+            about 300 with the built-in corpus).
+        corpus: training lines; defaults to a small built-in English corpus.
+        model_type: ``"bpe"`` (Llama's type, the default) or ``"unigram"``.
+
+    Returns:
+        The path of the written model, as a string.
+
+    The trainer settings mirror Llama's ``tokenizer.model``: ``<unk>``=0, ``<s>``=1, ``</s>``=2, no pad piece,
+    byte fallback, split digits, identity normalisation, ``add_dummy_prefix``, no whitespace folding.
+    Training is deterministic and takes well under a second.
+    """
+    import sentencepiece as spm
+
+    model_path = os.fspath(model_path)
+    prefix = model_path[: -len(".model")] if model_path.endswith(".model") else model_path
+    parent = os.path.dirname(os.path.abspath(prefix))
+    os.makedirs(parent, exist_ok=True)
+    lines = [line for line in (corpus if corpus is not None else _TINY_CORPUS.splitlines()) if line.strip()]
+    # Repeating the corpus only sharpens the counts; it does not change which pieces exist.
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines * 10),
+        model_prefix=prefix,
+        vocab_size=vocab_size,
+        model_type=model_type,
+        byte_fallback=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=True,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        character_coverage=0.98,
+        num_threads=1,
+        minloglevel=2,
+    )
+    vocab_file = prefix + ".vocab"
+    if os.path.exists(vocab_file):
+        os.remove(vocab_file)
+    return prefix + ".model"
+
+
+def tokenizer_from_sentencepiece(
+    model_path: str | os.PathLike,
+    image_token: str | None = "<image>",
+    extra_special_tokens: Sequence[str | AddedToken] = (),
+    pad_token: str | None = "<unk>",
+    padding_side: str = "left",
+    chat_template: str | None = None,
+    model_max_length: int | None = None,
+):
+    """Build a Transformers fast ``LlamaTokenizer`` from a Llama-family SentencePiece ``tokenizer.model``.
+
+    Args:
+        model_path: the SentencePiece model (BPE, Llama layout: ``<unk>``, ``<s>``, ``</s>`` at ids 0, 1, 2).
+        image_token: placeholder added as a special token after the model's pieces (id ``len(sp_model)`` when
+            it is the first added token); ``None`` adds nothing.
+        extra_special_tokens: more tokens to add after ``image_token``, in order (e.g. Phi-3's ``<|end|>``,
+            ``<|user|>``...). Strings become special ``AddedToken(normalized=False)``; pass ``AddedToken``
+            objects to control ``lstrip``/``rstrip``. Tokens already in the vocabulary keep their id.
+        pad_token: the original uses ``<unk>`` (id 0), so no new id is needed; any other string is added as a
+            new special token if the vocabulary lacks it (the model's embedding matrix must then cover it).
+        padding_side: ``"left"`` (default, for batched generation) or ``"right"`` (the original's training
+            setting).
+        chat_template: optional Jinja template stored with the tokenizer (the processor normally holds it).
+        model_max_length: optional maximum length to record.
+
+    Returns:
+        A ``transformers.LlamaTokenizer`` (fast, ``tokenizers`` backend): ``legacy=False``, BOS added, no EOS.
+        ``save_pretrained`` writes ``tokenizer.json`` and ``tokenizer_config.json`` (and the ``tokenizer.model``
+        copy); ``AutoTokenizer.from_pretrained`` reloads it with the same ids.
+    """
+    from transformers import LlamaTokenizer
+
+    model_path = os.fspath(model_path)
+    if not os.path.isfile(model_path):
+        raise ValueError(f"SentencePiece model {model_path!r} does not exist.")
+    native = LlamaTokenizer.convert_to_native_format(vocab_file=model_path)
+    init_kwargs = {
+        "legacy": False,
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "padding_side": padding_side,
+        "clean_up_tokenization_spaces": False,
+    }
+    if model_max_length is not None:
+        init_kwargs["model_max_length"] = model_max_length
+    tokenizer = LlamaTokenizer(**native, **init_kwargs)
+
+    to_add = []
+    if image_token is not None:
+        to_add.append(image_token)
+    to_add.extend(extra_special_tokens)
+    if pad_token is not None and pad_token not in tokenizer.get_vocab() and pad_token not in map(str, to_add):
+        to_add.append(pad_token)
+    new_tokens = [
+        token if isinstance(token, AddedToken) else AddedToken(token, special=True, normalized=False)
+        for token in to_add
+    ]
+    if new_tokens:
+        tokenizer.add_tokens(new_tokens, special_tokens=True)
+    if pad_token is not None:
+        tokenizer.pad_token = pad_token
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def _prepends_on_first_section_only(tokenizer) -> bool:
+    """Whether the tokenizer's backend uses Llama's non-legacy ``Metaspace(prepend_scheme="first")``."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    pre_tokenizer = getattr(backend, "pre_tokenizer", None)
+    return isinstance(pre_tokenizer, pre_tokenizers.Metaspace) and pre_tokenizer.prepend_scheme == "first"
+
+
+def slow_compatible_text(text: str, tokenizer) -> str:
+    """Return ``text`` such that the fast ``tokenizer`` gives it the slow ``legacy=False`` Llama ids.
+
+    The slow tokenizer always prepends ``▁`` to the text (after turning literal ``▁`` into spaces); the fast
+    ``Metaspace`` pre-tokenizer skips the prepend when the text already starts with ``▁`` after escaping
+    spaces. Adding one space in front of such a text restores the missing word-boundary piece. Any other
+    text, and any tokenizer without ``Metaspace(prepend_scheme="first")``, is returned unchanged.
+    """
+    if text[:1] in (" ", SPIECE_UNDERLINE) and _prepends_on_first_section_only(tokenizer):
+        return " " + text
+    return text
+
+
+__all__ = ["slow_compatible_text", "tokenizer_from_sentencepiece", "train_tiny_sentencepiece"]

@@ -1,0 +1,160 @@
+"""Tokenizer helpers: the fast tokenizer must give the ids of the original slow LlamaTokenizer(legacy=False).
+
+The reference below re-implements the slow rules with the ``sentencepiece`` library directly: the model is
+loaded with ``add_dummy_prefix`` off, ``▁`` is prepended to the text, special tokens (``<unk>``, ``<s>``,
+``</s>``) are split off, a section starting with ``▁``/space is encoded behind a throw-away ``<unk>`` prefix,
+any other section is encoded as is, a lone leading ``▁`` before a special token is dropped, BOS is prepended.
+"""
+
+import re
+import time
+
+import pytest
+import sentencepiece as spm
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sentencepiece import sentencepiece_model_pb2
+
+from deepstack_hf.tokenization import slow_compatible_text, tokenizer_from_sentencepiece, train_tiny_sentencepiece
+
+SPECIALS = ["<unk>", "<s>", "</s>"]
+
+
+@pytest.fixture(scope="module")
+def sp_model_path(tmp_path_factory):
+    return train_tiny_sentencepiece(tmp_path_factory.mktemp("spm") / "tiny.model")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(sp_model_path):
+    return tokenizer_from_sentencepiece(sp_model_path)
+
+
+@pytest.fixture(scope="module")
+def slow_reference(sp_model_path):
+    proto = sentencepiece_model_pb2.ModelProto()
+    with open(sp_model_path, "rb") as handle:
+        proto.ParseFromString(handle.read())
+    proto.normalizer_spec.add_dummy_prefix = False
+    sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+    unk_length = len(sp.encode("<unk>"))
+    splitter = re.compile("(" + "|".join(map(re.escape, SPECIALS)) + ")")
+
+    def encode(text, add_bos=True):
+        pieces = []
+        if text:
+            for part in filter(None, splitter.split("\u2581" + text.replace("\u2581", " "))):
+                if part in SPECIALS:
+                    pieces.append(part)
+                elif part.startswith(("\u2581", " ")):
+                    pieces += sp.encode("<unk>" + part, out_type=str)[unk_length:]
+                else:
+                    pieces += sp.encode(part, out_type=str)
+            if len(pieces) > 1 and pieces[0] == "\u2581" and pieces[1] in SPECIALS:
+                pieces = pieces[1:]
+        return ([1] if add_bos else []) + [sp.piece_to_id(piece) for piece in pieces]
+
+    return encode
+
+
+def test_tiny_model_layout(sp_model_path):
+    start = time.perf_counter()
+    path = train_tiny_sentencepiece(sp_model_path.replace("tiny.model", "again.model"))
+    assert time.perf_counter() - start < 5
+    sp = spm.SentencePieceProcessor(model_file=path)
+    assert sp.get_piece_size() == 300
+    assert [sp.id_to_piece(i) for i in range(3)] == ["<unk>", "<s>", "</s>"]
+    assert sp.id_to_piece(3) == "<0x00>" and sp.id_to_piece(258) == "<0xFF>"
+    assert sp.encode("☃", out_type=str) == ["\u2581", "<0xE2>", "<0x98>", "<0x83>"]  # byte fallback
+    assert any(len(sp.id_to_piece(i)) > 1 for i in range(259, 300))  # a few real merges
+    # deterministic (the files differ only in the recorded model prefix)
+    first = spm.SentencePieceProcessor(model_file=sp_model_path)
+    assert [sp.id_to_piece(i) for i in range(300)] == [first.id_to_piece(i) for i in range(300)]
+
+
+def test_tokenizer_settings(tokenizer):
+    assert tokenizer.convert_tokens_to_ids("<image>") == 300
+    assert tokenizer.pad_token == "<unk>" and tokenizer.pad_token_id == 0
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id) == (1, 2)
+    assert tokenizer.padding_side == "left"
+    ids = tokenizer("the cat").input_ids
+    assert ids[0] == 1 and ids[-1] != 2
+    assert tokenizer("a <image> b").input_ids.count(300) == 1
+    assert len(tokenizer) == 301
+
+
+SAMPLES = [
+    "the cat sat on the mat",
+    "A chat between a curious user and an artificial intelligence assistant.",
+    "\nWhat is in the image?",
+    "\n",
+    "",
+    "café ☃ naïve 東京 🙂",
+    "numbers 12345 and tabs\tand  double  spaces  ",
+    "ASSISTANT: a cup of tea</s>USER: and?",
+    "<s>hello",
+    "x</s>",
+    "<|end|>\n<|user|>\n",
+]
+
+
+@pytest.mark.parametrize("text", SAMPLES)
+def test_fast_matches_slow_rules(tokenizer, slow_reference, text):
+    assert tokenizer(text).input_ids == slow_reference(text)
+    assert tokenizer(text, add_special_tokens=False).input_ids == slow_reference(text, add_bos=False)
+
+
+def test_plain_text_matches_sentencepiece(sp_model_path, tokenizer):
+    sp = spm.SentencePieceProcessor(model_file=sp_model_path)
+    for text in ["the cat", "\nWhat is it?", "café ☃", "a  b"]:
+        assert tokenizer(text).input_ids == [1] + sp.encode(text)
+    # the chunk after an image starts with the word-boundary piece
+    assert tokenizer.convert_ids_to_tokens(tokenizer("\nWhat").input_ids[1:3]) == ["\u2581", "<0x0A>"]
+
+
+@pytest.mark.parametrize("text", [" the cat", "  two", "\u2581the", " </s>x", " "])
+def test_leading_space_needs_slow_compatible_text(tokenizer, slow_reference, text):
+    assert tokenizer(slow_compatible_text(text, tokenizer)).input_ids == slow_reference(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["the", " ", "  ", "\n", "cat", "?", "é", "☃", "\u2581", "</s>", "<s>", "<unk>", "A", "1"]),
+        max_size=10,
+    ).map("".join)
+)
+def test_property_fast_equals_slow(tokenizer, slow_reference, text):
+    assert tokenizer(slow_compatible_text(text, tokenizer)).input_ids == slow_reference(text)
+
+
+def test_decode_round_trip(tokenizer):
+    text = "the cat café ☃\nok"
+    assert tokenizer.decode(tokenizer(text).input_ids, skip_special_tokens=True) == text
+
+
+def test_save_and_reload(tokenizer, tmp_path, slow_reference):
+    from transformers import AutoTokenizer
+
+    tokenizer.save_pretrained(tmp_path)
+    assert (tmp_path / "tokenizer.json").exists()
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert loaded.padding_side == "left" and loaded.pad_token_id == 0
+    assert loaded.convert_tokens_to_ids("<image>") == 300
+    for text in SAMPLES:
+        assert loaded(text).input_ids == slow_reference(text)
+
+
+def test_extra_special_tokens_and_new_pad(sp_model_path):
+    tokenizer = tokenizer_from_sentencepiece(
+        sp_model_path, extra_special_tokens=["<|end|>", "<|user|>"], pad_token="<pad>", padding_side="right"
+    )
+    assert tokenizer.convert_tokens_to_ids(["<image>", "<|end|>", "<|user|>", "<pad>"]) == [300, 301, 302, 303]
+    assert tokenizer.pad_token_id == 303 and tokenizer.padding_side == "right"
+    ids = tokenizer("hi<|end|>\n<|user|>\n").input_ids
+    assert 301 in ids and 302 in ids
+
+
+def test_missing_model_raises(tmp_path):
+    with pytest.raises(ValueError):
+        tokenizer_from_sentencepiece(tmp_path / "missing.model")
