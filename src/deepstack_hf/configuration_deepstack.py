@@ -3,9 +3,8 @@
 from typing import Literal
 
 from huggingface_hub.dataclasses import strict
-from transformers import AutoConfig, PreTrainedConfig
+from transformers import CONFIG_MAPPING, AutoConfig, PreTrainedConfig
 from transformers.activations import ACT2FN
-from transformers.configuration_utils import SubConfigSpec
 
 from .grid_layout import num_stacks
 
@@ -55,22 +54,17 @@ class DeepStackConfig(PreTrainedConfig):
     """
 
     model_type = "deepstack"
-    sub_configs_defaults = {
-        "vision_config": SubConfigSpec(
-            config_class=AutoConfig,
-            model_type="clip_vision_model",
-            init_kwargs={
-                "intermediate_size": 4096,
-                "hidden_size": 1024,
-                "patch_size": 14,
-                "image_size": 336,
-                "num_hidden_layers": 24,
-                "num_attention_heads": 16,
-                "vocab_size": 32000,
-                "projection_dim": 768,
-            },
-        ),
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
+    sub_configs = {"vision_config": AutoConfig, "text_config": AutoConfig}
+    default_vision_config = {
+        "model_type": "clip_vision_model",
+        "intermediate_size": 4096,
+        "hidden_size": 1024,
+        "patch_size": 14,
+        "image_size": 336,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "vocab_size": 32000,
+        "projection_dim": 768,
     }
 
     vision_config: dict | PreTrainedConfig | None = None
@@ -89,6 +83,8 @@ class DeepStackConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
+        self.vision_config = _build_sub_config(self.vision_config, self.default_vision_config)
+        self.text_config = _build_sub_config(self.text_config, {"model_type": "llama"})
         super().__post_init__(**kwargs)
         if self.deepstack_layers is None:
             self.deepstack_layers = list(range(1, 1 + self.num_stacks))
@@ -145,6 +141,15 @@ class DeepStackConfig(PreTrainedConfig):
             raise ValueError(f"deepstack_layers {layers} must lie in [0, {depth}) for a {depth}-layer decoder.")
         if any(later <= earlier for earlier, later in zip(layers, layers[1:])):
             raise ValueError(f"deepstack_layers {layers} must be strictly increasing.")
+
+
+def _build_sub_config(value: dict | PreTrainedConfig | None, default: dict) -> PreTrainedConfig:
+    """A sub-config from a config object, a dict (``model_type`` defaults to ``default``'s) or ``None`` (the default)."""
+    if isinstance(value, PreTrainedConfig):
+        return value
+    fields = dict(default) if value is None else {"model_type": default["model_type"], **value}
+    model_type = fields.pop("model_type")
+    return CONFIG_MAPPING[model_type](**fields)
 
 
 def deepstack_layers_from_original(start: int, interval: int, count: int) -> list[int]:

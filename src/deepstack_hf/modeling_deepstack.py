@@ -1,17 +1,378 @@
-"""PLACEHOLDER: replaced by the modeling work (issue 2)."""
+"""DeepStack (NeurIPS 2024): a LLaVA-style model whose high-resolution crops are stacked onto the visual tokens.
 
-from transformers import PreTrainedModel
+CLIP encodes every view of an image, the projector maps each view to `p*p` decoder-width tokens, and
+[`stack_layout`](./stack_layout.py) splits one image's views into the tokens that go into the prompt sequence
+and K stacks of the same length. Stack k is added to the hidden states at the visual positions just before
+decoder layer `config.deepstack_layers[k]` ([`modeling_deepstack_text`](./modeling_deepstack_text.py)).
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from transformers import AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.generation import GenerationMixin
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
+from transformers.modeling_utils import slice_logits_to_keep
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, torch_compilable_check
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import select_hidden_states
 
 from .configuration_deepstack import DeepStackConfig
+from .grid_layout import num_views, select_best_grid
+from .modeling_deepstack_text import text_model_class
+from .stack_layout import hd_layout, plain_layout
+
+
+@dataclass
+class DeepStackImageFeaturesOutput(BaseModelOutputWithPooling):
+    r"""
+    Output of [`DeepStackModel.get_image_features`]; `last_hidden_state`, `hidden_states` and `attentions` are the
+    vision tower's over all encoded views.
+
+    pooler_output (`list[torch.Tensor]`):
+        Per image, its sequence features `(num_image_tokens, hidden_size)`.
+    deepstack_features (`list[list[torch.Tensor]]`):
+        Per stack k (K of them), per image, `(num_image_tokens, hidden_size)`: the rows added to that image's visual
+        tokens before decoder layer `config.deepstack_layers[k]`.
+    """
+
+    deepstack_features: list[list[torch.Tensor]] | None = None
+
+
+@dataclass
+class DeepStackModelOutputWithPast(BaseModelOutputWithPast):
+    r"""
+    image_hidden_states (`torch.Tensor` of shape `(num_visual_tokens, hidden_size)`, *optional*):
+        The sequence features of all images of the batch, in visual-token order.
+    """
+
+    image_hidden_states: torch.Tensor | None = None
+
+
+@dataclass
+class DeepStackCausalLMOutputWithPast(ModelOutput):
+    r"""
+    loss (`torch.Tensor` of shape `()`, *optional*): next-token cross-entropy, returned when `labels` is given.
+    logits (`torch.Tensor` of shape `(batch_size, kept_positions, vocab_size)`): language-modeling scores.
+    past_key_values (`Cache`, *optional*): the KV cache to continue decoding with.
+    hidden_states, attentions (`tuple[torch.Tensor]`, *optional*): per-layer decoder outputs when requested.
+    image_hidden_states (`torch.Tensor` of shape `(num_visual_tokens, hidden_size)`, *optional*):
+        The sequence features of all images of the batch, in visual-token order.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.Tensor] | None = None
+    attentions: tuple[torch.Tensor] | None = None
+    image_hidden_states: torch.Tensor | None = None
+
+
+class DeepStackMultiModalProjector(nn.Module):
+    """`projector_depth` Linear layers `linear_1 ... linear_N` with the activation `act` between them (LLaVA names).
+
+    Maps `(..., vision_hidden_size)` to `(..., text_hidden_size)`.
+    """
+
+    def __init__(self, config: DeepStackConfig):
+        super().__init__()
+        vision_size, text_size = config.vision_config.hidden_size, config.text_config.hidden_size
+        bias = config.multimodal_projector_bias
+        self.linear_1 = nn.Linear(vision_size, text_size, bias=bias)
+        self.act = ACT2FN[config.projector_hidden_act]
+        for index in range(2, config.projector_depth + 1):
+            self.add_module(f"linear_{index}", nn.Linear(text_size, text_size, bias=bias))
+        self.depth = config.projector_depth
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.linear_1(image_features)
+        for index in range(2, self.depth + 1):
+            hidden_states = getattr(self, f"linear_{index}")(self.act(hidden_states))
+        return hidden_states
 
 
 class DeepStackPreTrainedModel(PreTrainedModel):
-    config_class = DeepStackConfig
+    """Shared loading, initialization (`image_newline` ~ N(0, 1/hidden)) and attention-backend flags."""
+
+    config: DeepStackConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = ["past_key_values"]
+
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, DeepStackModel) and module.image_newline is not None:
+            init.normal_(module.image_newline, mean=0.0, std=1 / math.sqrt(self.config.text_config.hidden_size))
 
 
 class DeepStackModel(DeepStackPreTrainedModel):
-    pass
+    """CLIP vision tower, projector and a stack-injecting Llama-family decoder, without the language-modeling head."""
+
+    def __init__(self, config: DeepStackConfig):
+        super().__init__(config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.multi_modal_projector = DeepStackMultiModalProjector(config)
+        hidden_size = config.text_config.hidden_size
+        self.image_newline = nn.Parameter(torch.empty(hidden_size)) if config.hd_layout else None
+        self.language_model = text_model_class(config.text_config.model_type)(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.language_model.set_input_embeddings(value)
+
+    def real_views(
+        self, pixel_values: torch.Tensor, image_sizes: torch.Tensor
+    ) -> tuple[torch.Tensor, list[int], list[tuple[int, int]]]:
+        """Drops the view padding.
+
+        Args:
+            pixel_values: `(num_images, max_views, 3, S, S)`.
+            image_sizes: `(num_images, 2)` original `(height, width)`.
+
+        Returns:
+            The real views of all images `(total_views, 3, S, S)`, each image's view count and crop grid `(w, h)`.
+        """
+        if pixel_values.shape[0] != image_sizes.shape[0]:
+            raise ValueError(
+                f"pixel_values has {pixel_values.shape[0]} images but image_sizes has {image_sizes.shape[0]}."
+            )
+        crop_size, num_crops = self.config.vision_config.image_size, self.config.num_crops
+        grids = [select_best_grid(width, height, num_crops, crop_size) for height, width in image_sizes.tolist()]
+        counts = [num_views(grid, num_crops, self.config.hd_layout) for grid in grids]
+        if max(counts) > pixel_values.shape[1]:
+            raise ValueError(
+                f"An image has {max(counts)} views but pixel_values holds {pixel_values.shape[1]} per image."
+            )
+        views = torch.cat([image[:count] for image, count in zip(pixel_values, counts)])
+        return views, counts, grids
+
+    @merge_with_config_defaults
+    @can_return_tuple
+    @select_hidden_states("vision_feature_layer")
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        image_sizes: torch.Tensor,
+        vision_feature_layer: int | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> DeepStackImageFeaturesOutput:
+        r"""
+        Encodes every real view, projects it and lays each image out into sequence features and K stacks.
+
+        Args:
+            pixel_values: `(num_images, max_views, 3, S, S)`, each image's views in processor order, then zero padding.
+            image_sizes: `(num_images, 2)`, each image's original `(height, width)` in pixels.
+            vision_feature_layer: CLIP hidden state fed to the projector (defaults to the config's).
+
+        Returns:
+            [`DeepStackImageFeaturesOutput`]: `pooler_output[i]` `(T_i, hidden)` and `deepstack_features[k][i]`
+            `(T_i, hidden)`, `T_i` being image i's number of image tokens.
+        """
+        views, counts, grids = self.real_views(pixel_values, image_sizes)
+        image_outputs = self.vision_tower(views.to(self.vision_tower.dtype), return_dict=True, **kwargs)
+        view_features = self.multi_modal_projector(image_outputs.hidden_states[vision_feature_layer][:, 1:])
+        layouts = [self.layout_image(*args) for args in zip(view_features.split(counts), grids)]
+        sequences, stacks = zip(*layouts)
+        return DeepStackImageFeaturesOutput(
+            last_hidden_state=image_outputs.last_hidden_state,
+            pooler_output=list(sequences),
+            hidden_states=image_outputs.hidden_states,
+            attentions=image_outputs.attentions,
+            deepstack_features=[list(stack) for stack in zip(*(image_stacks.unbind(0) for image_stacks in stacks))],
+        )
+
+    def layout_image(self, views: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One image's projected views `(num_views, p*p, D)` -> sequence `(T, D)` and stacks `(K, T, D)`."""
+        if self.config.hd_layout:
+            return hd_layout(views, grid, self.config.num_crops, self.image_newline)
+        return plain_layout(views, grid, self.config.num_crops, self.config.stack_sampling)
+
+    def get_placeholder_mask(
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, image_features: torch.Tensor
+    ) -> torch.Tensor:
+        """Bool `(batch_size, seq_len)` mask of the image tokens; `ValueError` unless there is one per feature row."""
+        if input_ids is None:
+            image_embed = self.get_input_embeddings()(
+                torch.tensor(self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
+            )
+            special_image_mask = (inputs_embeds == image_embed).all(-1)
+        else:
+            special_image_mask = input_ids == self.config.image_token_id
+        n_image_tokens = special_image_mask.sum()
+        torch_compilable_check(
+            n_image_tokens == image_features.shape[0],
+            lambda: f"Image features and image tokens do not match, tokens: {int(n_image_tokens)}, "
+            f"features: {image_features.shape[0]}",
+        )
+        return special_image_mask.to(inputs_embeds.device)
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        mm_encoder_outputs: dict[str, DeepStackImageFeaturesOutput] | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> DeepStackModelOutputWithPast:
+        r"""
+        Args:
+            input_ids: `(batch_size, seq_len)`; each image is a run of `num_image_tokens(...)` `image_token_id`s.
+            pixel_values: `(num_images, max_views, 3, S, S)`, images in the order of their placeholder runs.
+            image_sizes: `(num_images, 2)` original `(height, width)`; required with `pixel_values`.
+            attention_mask: `(batch_size, past + seq_len)`.
+            position_ids: `(batch_size, seq_len)`.
+            past_key_values: KV cache.
+            inputs_embeds: `(batch_size, seq_len, hidden_size)`, instead of `input_ids`.
+            mm_encoder_outputs: `{"image": get_image_features(...)}`, pre-encoded images instead of `pixel_values`.
+
+        Returns:
+            [`DeepStackModelOutputWithPast`] with `last_hidden_state` `(batch_size, seq_len, hidden_size)`.
+        """
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if pixel_values is not None and mm_encoder_outputs is not None:
+            raise ValueError("You cannot specify both pixel_values and mm_encoder_outputs at the same time")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        image_output = (mm_encoder_outputs or {}).get("image")
+        if image_output is None and pixel_values is not None:
+            if image_sizes is None:
+                raise ValueError("image_sizes is required with pixel_values: it sets each image's crop grid.")
+            image_output = self.get_image_features(pixel_values, image_sizes, return_dict=True)
+
+        image_features, visual_pos_masks, deepstack_embeds = None, None, None
+        if image_output is not None:
+            image_features = torch.cat(image_output.pooler_output).to(inputs_embeds.device, inputs_embeds.dtype)
+            visual_pos_masks = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
+            inputs_embeds = inputs_embeds.masked_scatter(visual_pos_masks.unsqueeze(-1), image_features)
+            stacks = image_output.deepstack_features
+            deepstack_embeds = {layer: torch.cat(stack) for layer, stack in zip(self.config.deepstack_layers, stacks)}
+
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            visual_pos_masks=visual_pos_masks,
+            deepstack_embeds=deepstack_embeds,
+            **kwargs,
+        )
+        return DeepStackModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=image_features,
+        )
 
 
-class DeepStackForConditionalGeneration(DeepStackPreTrainedModel):
-    pass
+class DeepStackForConditionalGeneration(DeepStackPreTrainedModel, GenerationMixin):
+    """[`DeepStackModel`] with a language-modeling head.
+
+    Images are only seen at prefill: generation drops `pixel_values` / `image_sizes` (and pre-encoded
+    `mm_encoder_outputs`) after the first step, so cached decode steps add no stacks.
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+
+    def __init__(self, config: DeepStackConfig):
+        super().__init__(config)
+        self.model = DeepStackModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def get_image_features(
+        self, pixel_values: torch.Tensor, image_sizes: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+    ) -> DeepStackImageFeaturesOutput:
+        """See [`DeepStackModel.get_image_features`]."""
+        return self.model.get_image_features(pixel_values=pixel_values, image_sizes=image_sizes, **kwargs)
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        mm_encoder_outputs: dict[str, DeepStackImageFeaturesOutput] | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> DeepStackCausalLMOutputWithPast:
+        r"""
+        Args:
+            labels: `(batch_size, seq_len)` next-token targets (shifted inside the loss). Image-token positions are
+                not excluded automatically: put -100 there (and on padding) as LLaVA training does.
+            logits_to_keep: compute logits for the last `logits_to_keep` positions only (0 = all), or the positions
+                given as a 1-D tensor.
+            Other arguments: see [`DeepStackModel.forward`].
+
+        Returns:
+            [`DeepStackCausalLMOutputWithPast`] with `logits` `(batch_size, kept_positions, vocab_size)`.
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            image_sizes=image_sizes,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            mm_encoder_outputs=mm_encoder_outputs,
+            **kwargs,
+        )
+        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        logits = self.lm_head(hidden_states)
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
+        return DeepStackCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=outputs.image_hidden_states,
+        )
+
+
+__all__ = ["DeepStackForConditionalGeneration", "DeepStackModel", "DeepStackPreTrainedModel"]
