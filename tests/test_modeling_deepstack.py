@@ -278,10 +278,12 @@ def test_loss_equals_manual_cross_entropy():
     labels = labels_for(batch)
     with torch.no_grad():
         output = model(**batch, labels=labels)
+        unmasked_image_labels = model(**batch, labels=batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100))
     expected = F.cross_entropy(
         output.logits[:, :-1].reshape(-1, output.logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
     )
     torch.testing.assert_close(output.loss, expected)
+    torch.testing.assert_close(unmasked_image_labels.loss, expected)  # image positions are ignored either way
 
 
 def test_gradient_checkpointing_gives_same_loss_and_gradients():

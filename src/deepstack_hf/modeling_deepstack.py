@@ -18,12 +18,11 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
-from transformers.modeling_utils import slice_logits_to_keep
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, torch_compilable_check
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
-from transformers.utils.output_capturing import select_hidden_states
 
+from ._compat import select_hidden_states, slice_logits_to_keep
 from .configuration_deepstack import DeepStackConfig
 from .grid_layout import num_views, select_best_grid
 from .modeling_deepstack_text import text_model_class
@@ -337,8 +336,8 @@ class DeepStackForConditionalGeneration(DeepStackPreTrainedModel, GenerationMixi
     ) -> DeepStackCausalLMOutputWithPast:
         r"""
         Args:
-            labels: `(batch_size, seq_len)` next-token targets (shifted inside the loss). Image-token positions are
-                not excluded automatically: put -100 there (and on padding) as LLaVA training does.
+            labels: `(batch_size, seq_len)` next-token targets (shifted inside the loss); -100 is ignored. Image-token
+                positions of `input_ids` are always ignored; put -100 on padding yourself.
             logits_to_keep: compute logits for the last `logits_to_keep` positions only (0 = all), or the positions
                 given as a 1-D tensor.
             Other arguments: see [`DeepStackModel.forward`].
@@ -362,6 +361,8 @@ class DeepStackForConditionalGeneration(DeepStackPreTrainedModel, GenerationMixi
 
         loss = None
         if labels is not None:
+            if input_ids is not None:
+                labels = labels.masked_fill(input_ids == self.config.image_token_id, -100)
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
             )
