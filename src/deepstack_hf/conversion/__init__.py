@@ -1,0 +1,28 @@
+"""Conversion of original DeepStack checkpoints to Transformers repositories.
+
+Modules (one concept each):
+
+* `convert_deepstack_to_hf`: the CLI (`deepstack-convert`) and `convert_checkpoint()`, plus `verify_conversion()`;
+* `source_checkpoint`: locating a checkpoint (Hub id or directory), its index and shards; refusing pickles;
+* `vision_tower`: the CLIP tower named by `mm_vision_tower` (vision config, image-processor settings, weights);
+* `config_mapping`: original config.json -> `DeepStackConfig`, defaults and refusals;
+* `weight_mapping`: original weight names -> Transformers names;
+* `tokenizer_conversion`: SentencePiece -> fast tokenizer with the original ids and `<image>`;
+* `streaming_safetensors`: header parsing and bounded-memory shard writing by file offsets;
+* `original_reference`: an independent plain-torch implementation of the original model (for `--verify`);
+* `synthetic_checkpoint`: tiny random original-format checkpoints (tests, demo, benchmark);
+* `model_card`: the model card template (README.md and `model_cards/*.md`);
+* `hub_upload`: `--push-to-hub` and its dry run.
+"""
+
+from .convert_deepstack_to_hf import ConversionResult, VerificationReport, convert_checkpoint, main, verify_conversion
+from .errors import ConversionError
+
+__all__ = [
+    "ConversionError",
+    "ConversionResult",
+    "VerificationReport",
+    "convert_checkpoint",
+    "main",
+    "verify_conversion",
+]

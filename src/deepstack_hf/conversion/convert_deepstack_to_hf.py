@@ -1,0 +1,472 @@
+"""Convert an original DeepStack checkpoint (Hub id or directory) into a Hub-ready Transformers repository.
+
+    deepstack-convert SOURCE OUTPUT_DIR [--dtype float16|bfloat16|float32] [--vision-tower ID_OR_DIR]
+        [--vision-weights auto|checkpoint|tower] [--max-shard-size 5GB] [--overwrite] [--verify]
+        [--push-to-hub REPO_ID [--private] [--dry-run]]
+
+(`python conversion/convert_deepstack_to_hf.py ...` at the repository root is the same command.)
+
+Pipeline: parse every input safetensors *header*, validate the config (refusing unimplemented options by name),
+plan the output (names, dtypes, shapes, shards) and check it against a meta-device
+`DeepStackForConditionalGeneration`; then, in a temporary directory beside OUTPUT_DIR, stream the tensors
+shard by shard (bounded memory, see `streaming_safetensors`), write config, generation config, processor,
+tokenizer and model card, optionally verify against the independent original implementation, and finally rename
+the temporary directory to OUTPUT_DIR. Any failure removes the temporary directory: nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config_mapping import OriginalSettings, build_deepstack_config, read_original_settings
+from .errors import ConversionError
+from .model_card import CardInfo, render_model_card
+from .source_checkpoint import load_source_checkpoint, looks_like_hub_id
+from .streaming_safetensors import (
+    SAFETENSORS_DTYPES,
+    TORCH_DTYPES,
+    FileReaders,
+    plan_shards,
+    write_index,
+    write_shard,
+)
+from .tokenizer_conversion import convert_tokenizer, padded_vocab_size
+from .vision_tower import image_processor_settings, load_vision_tower
+from .weight_mapping import adapt_vision_names, check_against_model, plan_tensors
+
+logger = logging.getLogger("deepstack_hf.conversion")
+
+DTYPE_CHOICES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+VERIFY_TOLERANCE = 1e-4
+DEFAULT_MAX_SHARD_SIZE = "5GB"
+
+
+@dataclass
+class VerificationReport:
+    max_abs_logit_diff: float
+    prompt_ids_match: bool
+    greedy_match: bool
+    reference_tokens: list[int]
+    converted_tokens: list[int]
+    tolerance: float = VERIFY_TOLERANCE
+
+    @property
+    def passed(self) -> bool:
+        return self.prompt_ids_match and self.greedy_match and self.max_abs_logit_diff <= self.tolerance
+
+    def summary(self) -> str:
+        return (
+            f"max |logit diff| = {self.max_abs_logit_diff:.3e} (tolerance {self.tolerance:.0e}); "
+            f"prompt ids {'match' if self.prompt_ids_match else 'DIFFER'}; greedy tokens "
+            f"{'match' if self.greedy_match else 'DIFFER'} ({self.reference_tokens} vs {self.converted_tokens})"
+        )
+
+
+@dataclass
+class ConversionResult:
+    output_dir: Path
+    files: list[str]
+    settings: OriginalSettings
+    vocab_size: int
+    image_token_id: int
+    suppress_tokens: list[int]
+    use_checkpoint_vision: bool
+    verification: VerificationReport | None = None
+    uploaded: list[tuple[str, int]] = field(default_factory=list)
+
+
+def parse_size(value: str | int) -> int:
+    """'5GB', '500MB', '2GiB' or a byte count -> bytes (decimal units like `save_pretrained`)."""
+    if isinstance(value, int):
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*", str(value), flags=re.IGNORECASE)
+    if not match:
+        raise ConversionError(f"Cannot parse size {value!r}; use e.g. 5GB, 500MB or a byte count.")
+    number, unit = float(match.group(1)), (match.group(2) or "B").upper()
+    scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}[unit]
+    return int(number * scale)
+
+
+def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConversionError(f"Output path {output_dir} exists and is not a directory.")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+        raise ConversionError(f"Output directory {output_dir} is not empty; pass --overwrite to replace its contents.")
+
+
+def _expected_model_shapes(config) -> dict[str, tuple[int, ...]]:
+    from ..modeling_deepstack import DeepStackForConditionalGeneration
+
+    with torch.device("meta"):
+        model = DeepStackForConditionalGeneration(config)
+    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
+def _generation_config(source_dir: Path, tokenizer_info, suppress: list[int]):
+    from transformers import GenerationConfig
+
+    if (source_dir / "generation_config.json").is_file():
+        generation = GenerationConfig.from_pretrained(source_dir)
+    else:
+        generation = GenerationConfig(do_sample=False)
+    if generation.bos_token_id is None:
+        generation.bos_token_id = tokenizer_info.bos_token_id
+    if generation.eos_token_id is None:
+        generation.eos_token_id = tokenizer_info.eos_token_id
+    if generation.pad_token_id is None:
+        generation.pad_token_id = tokenizer_info.pad_token_id
+    existing = list(generation.suppress_tokens or [])
+    generation.suppress_tokens = existing + [i for i in suppress if i not in existing] or None
+    return generation
+
+
+def _write_processor(directory: Path, tokenizer, settings: OriginalSettings, preprocessor: dict, patch_size: int):
+    from ..chat_templates import PHI3_INSTRUCT_TEMPLATE, VICUNA_V1_TEMPLATE
+    from ..image_processing_deepstack import DeepStackImageProcessor
+    from ..processing_deepstack import DeepStackProcessor
+
+    image_settings = image_processor_settings(preprocessor)
+    image_processor = DeepStackImageProcessor(
+        crop_size={"height": image_settings["crop_size"], "width": image_settings["crop_size"]},
+        image_mean=image_settings["image_mean"],
+        image_std=image_settings["image_std"],
+        resample=image_settings["resample"],
+        rescale_factor=image_settings["rescale_factor"],
+        num_crops=settings.num_crops,
+        hd_layout=settings.hd_layout,
+        patch_size=patch_size,
+    )
+    template = PHI3_INSTRUCT_TEMPLATE if settings.template == "phi3_instruct" else VICUNA_V1_TEMPLATE
+    processor = DeepStackProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=template)
+    processor.save_pretrained(directory)
+    return processor
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="Writing shards", disable=not enabled)
+
+
+def convert_checkpoint(
+    source: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    dtype: str | None = None,
+    vision_tower: str | None = None,
+    vision_weights: str = "auto",
+    overwrite: bool = False,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+    verify: bool = False,
+    verify_tokens: int = 8,
+    push_to_hub: str | None = None,
+    dry_run: bool = False,
+    private: bool = False,
+    progress: bool = True,
+    hub_repo_id_for_card: str | None = None,
+) -> ConversionResult:
+    """Convert SOURCE into OUTPUT_DIR (see the module docstring); raises `ConversionError` on refusal or failure.
+
+    Args:
+        dtype: output dtype of floating-point weights (`float16`, `bfloat16`, `float32`); default: the dtype of the
+            checkpoint's embedding matrix.
+        vision_tower: Hub id or directory of the CLIP tower, overriding the config's `mm_vision_tower`.
+        vision_weights: `auto` (original rule: the checkpoint's CLIP copy iff `unfreeze_mm_vision_tower`),
+            `checkpoint` or `tower`.
+        verify: run the independent original-weights reference and compare logits and greedy tokens.
+        push_to_hub / dry_run / private: upload the result (or only list the files with `dry_run`).
+    """
+    output_dir = Path(output_dir).expanduser().absolute()
+    if dtype is not None and dtype not in DTYPE_CHOICES:
+        raise ConversionError(f"Unsupported --dtype {dtype!r}; choose one of {', '.join(DTYPE_CHOICES)}.")
+    if vision_weights not in ("auto", "checkpoint", "tower"):
+        raise ConversionError(f"--vision-weights must be auto, checkpoint or tower, got {vision_weights!r}.")
+    max_shard_bytes = parse_size(max_shard_size)
+    _check_output_dir(output_dir, overwrite)
+
+    # ---- read and validate everything before writing anything
+    checkpoint = load_source_checkpoint(source)
+    settings = read_original_settings(checkpoint.config, vision_tower)
+    tower = load_vision_tower(settings.vision_tower)
+    use_checkpoint_vision = settings.unfreeze_vision_tower if vision_weights == "auto" else vision_weights == "checkpoint"
+    tower_tensors = None if use_checkpoint_vision else tower.weights()
+
+    embed = checkpoint.tensors.get("model.embed_tokens.weight")
+    if embed is None:
+        raise ConversionError(f"Checkpoint {checkpoint.directory} has no model.embed_tokens.weight.")
+    tokenizer_info = convert_tokenizer(checkpoint.directory)
+    vocab_rows = padded_vocab_size(embed.shape[0], len(tokenizer_info.tokenizer))
+    # Logits of ids >= the original tokenizer's length never existed in the original (its loader resized the
+    # embeddings to the tokenizer), so they are suppressed: greedy decoding then matches the original exactly.
+    first_suppressed = min(tokenizer_info.original_length, embed.shape[0])
+    suppress = list(range(first_suppressed, vocab_rows))
+
+    target_dtype_name = dtype or {v: k for k, v in DTYPE_CHOICES.items()}.get(TORCH_DTYPES[embed.dtype], "float32")
+    target = SAFETENSORS_DTYPES[DTYPE_CHOICES[target_dtype_name]]
+    config = build_deepstack_config(
+        checkpoint.config,
+        settings,
+        tower.vision_config,
+        vocab_size=vocab_rows,
+        image_token_id=tokenizer_info.image_token_id,
+        pad_token_id=tokenizer_info.pad_token_id,
+        dtype=target_dtype_name,
+    )
+    planned = plan_tensors(checkpoint.tensors, tower_tensors, settings.projector_type, settings.hd_layout, target, vocab_rows)
+    expected = _expected_model_shapes(config)
+    adapt_vision_names(planned, expected)
+    check_against_model(planned, expected, tied=settings.tie_word_embeddings)
+    shards = plan_shards(planned, max_shard_bytes)
+
+    # ---- write into a temporary directory beside OUTPUT_DIR
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    temp_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.converting-", dir=output_dir.parent))
+    try:
+        total = sum(shard.nbytes for shard in shards)
+        with FileReaders() as readers, _progress(total, progress) as bar:
+            for shard in shards:
+                bar.set_postfix_str(shard.filename)
+                write_shard(shard, temp_dir / shard.filename, readers, progress=bar.update)
+        if len(shards) > 1:
+            write_index(shards, temp_dir / "model.safetensors.index.json")
+        config.save_pretrained(temp_dir)
+        _generation_config(checkpoint.directory, tokenizer_info, suppress).save_pretrained(temp_dir)
+        _write_processor(temp_dir, tokenizer_info.tokenizer, settings, tower.preprocessor, tower.vision_config["patch_size"])
+        source_id = str(source) if looks_like_hub_id(str(source)) and not Path(source).exists() else None
+        card = CardInfo(
+            repo_id=hub_repo_id_for_card or push_to_hub or output_dir.name,
+            source=source_id,
+            llm="Phi-3" if settings.text_model_type == "phi3" else "Vicuna / Llama",
+            hd=settings.hd_layout,
+            template=settings.template,
+            license="mit" if settings.text_model_type == "phi3" else "llama2",
+            num_crops=settings.num_crops,
+            deepstack_layers=settings.deepstack_layers,
+            suppressed_ids=(suppress[0], suppress[-1]) if suppress else None,
+            vision_weights=(
+                "the checkpoint's own copy (`model.vision_tower.vision_tower.*`)"
+                if use_checkpoint_vision
+                else f"`{settings.vision_tower}` (`vision_model.*`)"
+            ),
+        )
+        (temp_dir / "README.md").write_text(render_model_card(card))
+
+        report = None
+        if verify:
+            report = verify_conversion(
+                checkpoint.directory,
+                temp_dir,
+                vision_tower_dir=tower.directory,
+                vision_weights="checkpoint" if use_checkpoint_vision else "tower",
+                weight_dtype=DTYPE_CHOICES[target_dtype_name],
+                max_new_tokens=verify_tokens,
+            )
+            logger.info("Verification: %s", report.summary())
+            if not report.passed:
+                raise ConversionError(f"Verification failed: {report.summary()}")
+
+        # ---- publish: swap the finished directory in
+        if output_dir.exists():
+            backup = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
+            backup.rmdir()
+            os.replace(output_dir, backup)
+            os.replace(temp_dir, output_dir)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(temp_dir, output_dir)
+    except BaseException:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
+
+    files = sorted(p.relative_to(output_dir).as_posix() for p in output_dir.rglob("*") if p.is_file())
+    result = ConversionResult(
+        output_dir=output_dir,
+        files=files,
+        settings=settings,
+        vocab_size=vocab_rows,
+        image_token_id=tokenizer_info.image_token_id,
+        suppress_tokens=suppress,
+        use_checkpoint_vision=use_checkpoint_vision,
+        verification=report,
+    )
+    if push_to_hub:
+        from .hub_upload import push_to_hub as upload
+
+        result.uploaded = upload(output_dir, push_to_hub, private=private, dry_run=dry_run)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ verification
+def verification_image():
+    """A deterministic synthetic test picture (wider than tall, so the crop grid is not square)."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (500, 320), (235, 225, 200))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((30, 40, 210, 280), fill=(200, 40, 40))
+    draw.ellipse((260, 60, 470, 270), fill=(40, 90, 200))
+    draw.polygon([(250, 300), (330, 180), (410, 300)], fill=(30, 160, 70))
+    for x in range(0, 500, 25):
+        draw.line((x, 0, x, 20), fill=(0, 0, 0), width=2)
+    return image
+
+
+def verify_conversion(
+    original_dir: str | Path,
+    converted_dir: str | Path,
+    vision_tower_dir: str | Path | None = None,
+    vision_weights: str = "auto",
+    weight_dtype: torch.dtype | None = None,
+    max_new_tokens: int = 8,
+    question: str = "What is shown in this image?",
+    image=None,
+) -> VerificationReport:
+    """Compare the converted model (fp32) with the independent original implementation on one image + prompt.
+
+    The reference runs first and is freed before the converted model is loaded, so peak memory is one fp32 copy
+    of the model plus activations. `weight_dtype` rounds the reference's weights to the dtype the converted
+    model was saved in (identity for the checkpoint's own bf16 weights; it matters for an fp32 CLIP tower saved in
+    16 bits).
+    """
+    from .original_reference import IMAGE_PLACEHOLDER, OriginalDeepStack, original_prompt
+
+    image = image or verification_image()
+    reference = OriginalDeepStack(original_dir, vision_tower_dir, vision_weights, weight_dtype=weight_dtype)
+    prompt = original_prompt(reference.model_type, question)
+    ref_ids = reference.tokenizer.prompt_ids(prompt)
+    with torch.no_grad():
+        ref_logits = reference.logits(ref_ids, [image])
+        eos = reference.config.get("eos_token_id")
+        generation_file = Path(original_dir) / "generation_config.json"
+        if generation_file.is_file():  # the original's generate() stops at its generation config's eos ids
+            eos = json.loads(generation_file.read_text()).get("eos_token_id", eos)
+        eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+        ref_tokens = reference.greedy(ref_ids, [image], max_new_tokens, eos_ids)
+    del reference
+    gc.collect()
+
+    import deepstack_hf  # noqa: F401  (registers the Auto classes)
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(converted_dir)
+    model = AutoModelForImageTextToText.from_pretrained(converted_dir, dtype=torch.float32)
+    model.eval()
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(images=[image], text=[text], return_tensors="pt")
+    ids = inputs["input_ids"][0].tolist()
+    image_id = model.config.image_token_id
+    collapsed = []
+    for token in ids:
+        if token == image_id:
+            if not collapsed or collapsed[-1] != IMAGE_PLACEHOLDER:
+                collapsed.append(IMAGE_PLACEHOLDER)
+        else:
+            collapsed.append(token)
+    ids_match = collapsed == ref_ids and text == prompt
+    with torch.no_grad():
+        logits = model(**inputs).logits[0]
+        if logits.shape[0] != ref_logits.shape[0]:
+            diff = float("inf")
+        else:
+            diff = float((logits[:, : ref_logits.shape[1]] - ref_logits).abs().max())
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    new_tokens = output[0, inputs["input_ids"].shape[1] :].tolist()
+    pad = model.generation_config.pad_token_id
+    while len(new_tokens) > len(ref_tokens) and new_tokens and new_tokens[-1] == pad:
+        new_tokens.pop()
+    return VerificationReport(diff, ids_match, new_tokens == ref_tokens, ref_tokens, new_tokens)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deepstack-convert",
+        description="Convert an original DeepStack checkpoint (Hub id or directory) to a Transformers repository.",
+    )
+    parser.add_argument("source", help="Hub repo id (e.g. menglc/deepstack-l-vicuna-7b) or local original-format directory")
+    parser.add_argument("output_dir", help="where the converted model goes (must be empty unless --overwrite)")
+    parser.add_argument("--dtype", choices=sorted(DTYPE_CHOICES), help="output dtype (default: the checkpoint's)")
+    parser.add_argument("--vision-tower", help="CLIP tower (Hub id or directory) overriding config.json's mm_vision_tower")
+    parser.add_argument(
+        "--vision-weights",
+        choices=("auto", "checkpoint", "tower"),
+        default="auto",
+        help="CLIP weights: auto = the original loader's rule (the checkpoint's copy iff unfreeze_mm_vision_tower), "
+        "checkpoint = the checkpoint's copy, tower = the mm_vision_tower weights",
+    )
+    parser.add_argument("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE, help="largest output shard (default 5GB)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTPUT_DIR")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="compare logits and greedy tokens with an independent implementation on the original weights "
+        f"(fails above {VERIFY_TOLERANCE:g}); needs about one fp32 copy of the model in RAM",
+    )
+    parser.add_argument("--verify-tokens", type=int, default=8, help="greedy tokens compared by --verify (default 8)")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the result with create_repo + upload_folder")
+    parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    parser.add_argument("--dry-run", action="store_true", help="with --push-to-hub: only list what would be uploaded")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO, format="%(message)s")
+    if args.dry_run and not args.push_to_hub:
+        print("error: --dry-run only applies to --push-to-hub", file=sys.stderr)
+        return 2
+    try:
+        result = convert_checkpoint(
+            args.source,
+            args.output_dir,
+            dtype=args.dtype,
+            vision_tower=args.vision_tower,
+            vision_weights=args.vision_weights,
+            overwrite=args.overwrite,
+            max_shard_size=args.max_shard_size,
+            verify=args.verify,
+            verify_tokens=args.verify_tokens,
+            push_to_hub=args.push_to_hub,
+            dry_run=args.dry_run,
+            private=args.private,
+            progress=not (args.no_progress or args.quiet),
+        )
+    except ConversionError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        print(f"Converted {args.source} -> {result.output_dir} ({len(result.files)} files)")
+        print(
+            f"  vocab {result.vocab_size}, <image> id {result.image_token_id}, CLIP weights from "
+            f"{'the checkpoint copy' if result.use_checkpoint_vision else 'the mm_vision_tower'}, "
+            f"suppress_tokens {result.suppress_tokens[:1]}..{result.suppress_tokens[-1:]}"
+        )
+        if result.verification:
+            print(f"  verify: {result.verification.summary()}")
+    if args.push_to_hub:
+        from .hub_upload import format_listing
+
+        if args.dry_run:
+            print(format_listing(args.push_to_hub, result.uploaded))
+        else:
+            print(f"Uploaded {len(result.uploaded)} files to https://huggingface.co/{args.push_to_hub}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""The single error type the converter raises for anything it refuses or cannot read."""
+
+
+class ConversionError(ValueError):
+    """A checkpoint, option or file the converter refuses; the message names the field or file at fault.
+
+    Subclasses `ValueError` so library callers can catch either; the CLI turns it into a non-zero exit
+    with the message on stderr.
+    """
+
+
+__all__ = ["ConversionError"]

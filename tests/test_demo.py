@@ -1,0 +1,40 @@
+"""The demo (`python -m deepstack_hf.demo`, run by `make demo`) end to end: build, convert + verify, pipeline."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from deepstack_hf.demo import main, run_demo
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    answer = run_demo(tmp_path / "demo", max_new_tokens=5)
+    assert isinstance(answer, str)
+    printed = capsys.readouterr().out
+    for step in ("[1]", "[2]", "[3]", "[4]", "Answer:", "greedy tokens match"):
+        assert step in printed
+    converted = tmp_path / "demo" / "converted"
+    assert (converted / "config.json").is_file() and (converted / "README.md").is_file()
+    assert (tmp_path / "demo" / "demo_image.png").is_file()
+
+
+def test_demo_cli_overwrites_its_work_dir(tmp_path):
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "stale.txt").write_text("old")
+    assert main(["--work-dir", str(work), "--max-new-tokens", "2", "--no-verify", "--hd"]) == 0
+    assert not (work / "stale.txt").exists()
+
+
+def test_module_entry_point_help():
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "deepstack_hf.demo", "--help"], capture_output=True, text=True,
+        env={"PYTHONPATH": str(root / "src"), "PATH": ""}, cwd=root,
+    )
+    assert result.returncode == 0 and "--source" in result.stdout
+    runner = subprocess.run(
+        [sys.executable, str(root / "conversion" / "convert_deepstack_to_hf.py"), "--help"],
+        capture_output=True, text=True, cwd=root,
+    )
+    assert runner.returncode == 0 and "--vision-weights" in runner.stdout and "--push-to-hub" in runner.stdout
