@@ -42,7 +42,16 @@ the woman is holding an umbrella because it is raining
 read the text on the sign and tell me what it says
 the chart shows the price of apples rising every year
 a boy throws a ball to his dog in the park
+A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user's questions. USER: <image>
+What is shown in this image? ASSISTANT: The image shows a red house, a tree and the sun.</s>
+<|system|>
+You are a helpful AI assistant.<|end|>
+<|user|>
+<|assistant|>
 """
+
+# From this size on, every character of the corpus gets a piece of its own (ASCII never falls back to bytes).
+_FULL_COVERAGE_VOCAB_SIZE = 512
 
 
 def train_tiny_sentencepiece(
@@ -57,7 +66,8 @@ def train_tiny_sentencepiece(
         model_path: where the ``.model`` file goes (parent folders are created; a ``.model`` suffix is added
             when missing). No ``.vocab`` file is left behind.
         vocab_size: total pieces, including ``<unk>``, ``<s>``, ``</s>`` and the 256 byte pieces (so at least
-            about 300 with the built-in corpus).
+            about 300 with the built-in corpus). From 512 on, every character of the corpus is a piece of its
+            own, so prompts in the chat templates never fall back to byte pieces; below, rare characters do.
         corpus: training lines; defaults to a small built-in English corpus.
         model_type: ``"bpe"`` (Llama's type, the default) or ``"unigram"``.
 
@@ -91,7 +101,7 @@ def train_tiny_sentencepiece(
         add_dummy_prefix=True,
         split_digits=True,
         allow_whitespace_only_pieces=True,
-        character_coverage=0.98,
+        character_coverage=1.0 if vocab_size >= _FULL_COVERAGE_VOCAB_SIZE else 0.98,
         num_threads=1,
         minloglevel=2,
     )

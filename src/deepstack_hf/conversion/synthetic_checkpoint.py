@@ -125,11 +125,11 @@ def build_vision_tower(directory: Path, seed: int = 0) -> dict:
     return config
 
 
-def _tokenizer_files(directory: Path, phi: bool) -> int:
+def _tokenizer_files(directory: Path, phi: bool, vocab_size: int) -> int:
     """tokenizer.model + tokenizer_config.json + special_tokens_map.json; returns the slow tokenizer's length."""
     from ..tokenization import train_tiny_sentencepiece
 
-    train_tiny_sentencepiece(directory / "tokenizer.model", vocab_size=300)
+    train_tiny_sentencepiece(directory / "tokenizer.model", vocab_size=vocab_size)
     import sentencepiece as spm
 
     sp_size = spm.SentencePieceProcessor(model_file=str(directory / "tokenizer.model")).get_piece_size()
@@ -185,6 +185,7 @@ def build_synthetic_checkpoint(
     hidden_size: int = 32,
     seed: int = 0,
     extra_config: dict | None = None,
+    tokenizer_vocab_size: int = 300,
 ) -> SyntheticCheckpoint:
     """Write a tiny original-format checkpoint and its CLIP tower under `root` (see the module docstring).
 
@@ -197,7 +198,7 @@ def build_synthetic_checkpoint(
     vision = build_vision_tower(tower_dir, seed)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     phi = text_model_type in ("phi3", "deepstack_phi")
-    tokenizer_len = _tokenizer_files(ckpt_dir, phi)
+    tokenizer_len = _tokenizer_files(ckpt_dir, phi, tokenizer_vocab_size)
     vocab_size = tokenizer_len if not phi else 64 * math.ceil((tokenizer_len + 1) / 64)
 
     common = {
