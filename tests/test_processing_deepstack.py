@@ -1,6 +1,5 @@
 """DeepStackProcessor: ids against chunk-wise SentencePiece tokenisation, image-token expansion, batching."""
 
-import re
 
 import numpy as np
 import pytest
@@ -9,15 +8,15 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from sentencepiece import sentencepiece_model_pb2
 
 import deepstack_hf
 from deepstack_hf import DeepStackImageProcessor, DeepStackProcessor
 from deepstack_hf.chat_templates import PHI3_INSTRUCT_TEMPLATE, VICUNA_V1_TEMPLATE
+from slow_llama_tokenizer import slow_llama_encoder
+
 from deepstack_hf.tokenization import tokenizer_from_sentencepiece, train_tiny_sentencepiece
 
 IMAGE_ID = 300
-SPECIALS = ["<unk>", "<s>", "</s>"]
 
 
 @pytest.fixture(scope="module")
@@ -32,30 +31,8 @@ def sp(sp_model_path):
 
 @pytest.fixture(scope="module")
 def slow_encode(sp_model_path):
-    """The slow LlamaTokenizer(legacy=False) rules with sentencepiece (see test_tokenization.py)."""
-    proto = sentencepiece_model_pb2.ModelProto()
-    with open(sp_model_path, "rb") as handle:
-        proto.ParseFromString(handle.read())
-    proto.normalizer_spec.add_dummy_prefix = False
-    raw = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
-    unk_length = len(raw.encode("<unk>"))
-    splitter = re.compile("(" + "|".join(map(re.escape, SPECIALS)) + ")")
-
-    def encode(text):
-        pieces = []
-        if text:
-            for part in filter(None, splitter.split("\u2581" + text.replace("\u2581", " "))):
-                if part in SPECIALS:
-                    pieces.append(part)
-                elif part.startswith(("\u2581", " ")):
-                    pieces += raw.encode("<unk>" + part, out_type=str)[unk_length:]
-                else:
-                    pieces += raw.encode(part, out_type=str)
-            if len(pieces) > 1 and pieces[0] == "\u2581" and pieces[1] in SPECIALS:
-                pieces = pieces[1:]
-        return [1] + [raw.piece_to_id(piece) for piece in pieces]
-
-    return encode
+    """The slow LlamaTokenizer(legacy=False) rules, written with sentencepiece."""
+    return slow_llama_encoder(sp_model_path)
 
 
 @pytest.fixture(scope="module")

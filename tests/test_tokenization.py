@@ -1,23 +1,19 @@
 """Tokenizer helpers: the fast tokenizer must give the ids of the original slow LlamaTokenizer(legacy=False).
 
-The reference below re-implements the slow rules with the ``sentencepiece`` library directly: the model is
-loaded with ``add_dummy_prefix`` off, ``▁`` is prepended to the text, special tokens (``<unk>``, ``<s>``,
-``</s>``) are split off, a section starting with ``▁``/space is encoded behind a throw-away ``<unk>`` prefix,
-any other section is encoded as is, a lone leading ``▁`` before a special token is dropped, BOS is prepended.
+The reference (tests/slow_llama_tokenizer.py) re-implements the slow rules with the ``sentencepiece`` library.
 """
 
-import re
 import time
 
 import pytest
 import sentencepiece as spm
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sentencepiece import sentencepiece_model_pb2
+
+from slow_llama_tokenizer import slow_llama_encoder
 
 from deepstack_hf.tokenization import slow_compatible_text, tokenizer_from_sentencepiece, train_tiny_sentencepiece
 
-SPECIALS = ["<unk>", "<s>", "</s>"]
 
 
 @pytest.fixture(scope="module")
@@ -32,29 +28,7 @@ def tokenizer(sp_model_path):
 
 @pytest.fixture(scope="module")
 def slow_reference(sp_model_path):
-    proto = sentencepiece_model_pb2.ModelProto()
-    with open(sp_model_path, "rb") as handle:
-        proto.ParseFromString(handle.read())
-    proto.normalizer_spec.add_dummy_prefix = False
-    sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
-    unk_length = len(sp.encode("<unk>"))
-    splitter = re.compile("(" + "|".join(map(re.escape, SPECIALS)) + ")")
-
-    def encode(text, add_bos=True):
-        pieces = []
-        if text:
-            for part in filter(None, splitter.split("\u2581" + text.replace("\u2581", " "))):
-                if part in SPECIALS:
-                    pieces.append(part)
-                elif part.startswith(("\u2581", " ")):
-                    pieces += sp.encode("<unk>" + part, out_type=str)[unk_length:]
-                else:
-                    pieces += sp.encode(part, out_type=str)
-            if len(pieces) > 1 and pieces[0] == "\u2581" and pieces[1] in SPECIALS:
-                pieces = pieces[1:]
-        return ([1] if add_bos else []) + [sp.piece_to_id(piece) for piece in pieces]
-
-    return encode
+    return slow_llama_encoder(sp_model_path)
 
 
 def test_tiny_model_layout(sp_model_path):
