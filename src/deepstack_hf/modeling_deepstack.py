@@ -25,6 +25,7 @@ from transformers.utils.generic import can_return_tuple, merge_with_config_defau
 from ._compat import select_hidden_states, slice_logits_to_keep
 from .configuration_deepstack import DeepStackConfig
 from .grid_layout import num_views, select_best_grid
+from .quantization import apply_default_bnb_skip_modules
 from .modeling_deepstack_text import text_model_class
 from .stack_layout import hd_layout, plain_layout
 
@@ -110,6 +111,16 @@ class DeepStackPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, with bitsandbytes quantizing only the language model by default.
+
+        See [`deepstack_hf.quantization`]: a `BitsAndBytesConfig` whose `llm_int8_skip_modules` is `None` keeps the
+        vision tower, the projector and `lm_head` in the compute dtype.
+        """
+        apply_default_bnb_skip_modules(kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module):
