@@ -16,6 +16,7 @@ from transformers import (
 from .configuration_deepstack import DeepStackConfig
 from .image_processing_deepstack import DeepStackImageProcessor
 from .modeling_deepstack import DeepStackForConditionalGeneration, DeepStackModel, DeepStackPreTrainedModel
+from .modeling_deepstack_text import SUPPORTED_TEXT_MODELS
 from .processing_deepstack import DeepStackProcessor
 
 AutoConfig.register(DeepStackConfig.model_type, DeepStackConfig, exist_ok=True)
@@ -25,6 +26,7 @@ AutoImageProcessor.register(DeepStackConfig, slow_image_processor_class=DeepStac
 AutoProcessor.register(DeepStackConfig, DeepStackProcessor, exist_ok=True)
 
 __all__ = [
+    "SUPPORTED_TEXT_MODELS",
     "DeepStackConfig",
     "DeepStackForConditionalGeneration",
     "DeepStackImageProcessor",
