@@ -127,10 +127,10 @@ class DeepStackProcessor(ProcessorMixin):
         if flat_images:
             image_inputs = self.image_processor(flat_images, **images_kwargs)
             data.update(image_inputs)
-            num_crops, hd_layout, crop, patch_size = self._image_settings(images_kwargs)
-            for height, width in np.asarray(image_inputs["image_sizes"]).reshape(-1, 2).tolist():
-                grid = select_best_grid(int(width), int(height), num_crops, crop)
-                tokens_per_image.append(num_image_tokens(grid, hd_layout, crop // patch_size))
+            tokens_per_image = [
+                self.get_number_of_image_tokens(height, width, **images_kwargs)
+                for height, width in np.asarray(image_inputs["image_sizes"]).reshape(-1, 2).tolist()
+            ]
 
         if text is not None:
             data.update(self._encode_prompts(text, tokens_per_image, text_kwargs))
