@@ -13,6 +13,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import deepstack_hf  # noqa: F401
+from transformers import AutoProcessor
 from deepstack_hf.conversion import ConversionError, convert_checkpoint, main, verify_conversion
 from deepstack_hf.conversion.original_reference import IMAGE_PLACEHOLDER, OriginalDeepStack, original_prompt
 from deepstack_hf.conversion.streaming_safetensors import read_header, read_tensor
@@ -387,3 +388,28 @@ def test_reference_prompt_ids_follow_the_chunk_rule(base_checkpoint):
     assert ids.count(IMAGE_PLACEHOLDER) == 1 and ids[0] == 1 and ids.count(1) == 1
     after = ids[ids.index(IMAGE_PLACEHOLDER) + 1 :]
     assert reference.tokenizer.with_prefix.id_to_piece(after[0]) == "\u2581"  # word-boundary piece before "\n"
+
+
+@pytest.mark.parametrize("listed_as_special", [False, True])
+def test_phi3_prompt_start_follows_the_slow_tokenizer(tmp_path, listed_as_special):
+    """The original's slow tokenizer (transformers 4.39.3, measured on this synthetic Phi-3 tokenizer) gives
+    [<s>, ▁, <|system|>, ...] for the phi3_instruct prompt, and [<s>, <|system|>, ...] once tokenizer_config.json
+    lists the chat tokens as additional_special_tokens. Converter and reference must both follow."""
+    synthetic = build_synthetic_checkpoint(tmp_path / "src", text_model_type="phi3", num_hidden_layers=5)
+    if listed_as_special:
+        config_path = synthetic.checkpoint / "tokenizer_config.json"
+        tokenizer_config = json.loads(config_path.read_text())
+        tokenizer_config["additional_special_tokens"] = ["<|system|>", "<|end|>", "<|user|>", "<|assistant|>"]
+        config_path.write_text(json.dumps(tokenizer_config))
+    convert_checkpoint(synthetic.checkpoint, tmp_path / "out", progress=False)
+    processor = AutoProcessor.from_pretrained(tmp_path / "out")
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    ids = processor(images=[picture(60, 40)], text=prompt)["input_ids"][0]
+
+    system_id = processor.tokenizer.convert_tokens_to_ids("<|system|>")
+    boundary_id = processor.tokenizer.convert_tokens_to_ids("\u2581")
+    expected_start = [1, system_id] if listed_as_special else [1, boundary_id, system_id]
+    assert ids[: len(expected_start)] == expected_start
+    reference_ids = OriginalDeepStack(synthetic.checkpoint).tokenizer.prompt_ids(original_prompt("deepstack_phi", "What is this?"))
+    assert reference_ids[: len(expected_start)] == expected_start

@@ -10,10 +10,11 @@ Two public functions:
   ``LlamaTokenizer(legacy=False)``: BOS added, no EOS, no dummy prefix after special tokens, pad = ``<unk>``,
   with the ``<image>`` placeholder added as a special token and ``padding_side="left"`` for generation.
 
-One difference between every fast Llama tokenizer and the slow one remains: a text whose first character is
-a space (or a literal ``▁``) gets one word-boundary piece fewer from the fast tokenizer, because the
-``Metaspace`` pre-tokenizer does not prepend ``▁`` to text that already starts with one.
-:func:`slow_compatible_text` undoes it; :class:`~deepstack_hf.DeepStackProcessor` applies it to every chunk.
+Two differences between every fast Llama tokenizer and the slow one remain, both at the start of a text: one
+starting with a space (or a literal ``▁``), and one starting with an added token that the slow tokenizer does
+not count among its special tokens (Phi-3's chat tokens), each get one ``▁`` piece fewer from the fast
+tokenizer. :func:`slow_compatible_text` undoes both; :class:`~deepstack_hf.DeepStackProcessor` applies it to
+every chunk.
 """
 
 from __future__ import annotations
@@ -187,13 +188,25 @@ def _prepends_on_first_section_only(tokenizer) -> bool:
 def slow_compatible_text(text: str, tokenizer) -> str:
     """Return ``text`` such that the fast ``tokenizer`` gives it the slow ``legacy=False`` Llama ids.
 
-    The slow tokenizer always prepends ``▁`` to the text (after turning literal ``▁`` into spaces); the fast
-    ``Metaspace`` pre-tokenizer skips the prepend when the text already starts with ``▁`` after escaping
-    spaces. Adding one space in front of such a text restores the missing word-boundary piece. Any other
-    text, and any tokenizer without ``Metaspace(prepend_scheme="first")``, is returned unchanged.
+    The slow tokenizer (transformers 4.36-4.39, which the original code pins) always prepends ``▁`` to the text
+    (after turning literal ``▁`` into spaces) and drops that ``▁`` again only when the text starts with one of
+    its ``all_special_tokens`` (BOS/EOS/UNK/PAD and ``additional_special_tokens``). The fast ``Metaspace``
+    pre-tokenizer differs in two cases, both mended here:
+
+    * a text starting with a space or ``▁`` gets no extra ``▁``: one space is put in front;
+    * a text starting with an added token that is *not* in ``all_special_tokens`` (Phi-3's ``<|system|>``,
+      ``<|user|>``... unless listed as additional special tokens) gets no lone ``▁`` piece before it: a ``▁``
+      is put in front.
+
+    Any other text, and any tokenizer without ``Metaspace(prepend_scheme="first")``, is returned unchanged.
     """
-    if text[:1] in (" ", SPIECE_UNDERLINE) and _prepends_on_first_section_only(tokenizer):
+    if not _prepends_on_first_section_only(tokenizer):
+        return text
+    if text[:1] in (" ", SPIECE_UNDERLINE):
         return " " + text
+    specials = set(tokenizer.all_special_tokens)
+    if any(text.startswith(token) for token in tokenizer.get_added_vocab() if token not in specials):
+        return SPIECE_UNDERLINE + text
     return text
 
 

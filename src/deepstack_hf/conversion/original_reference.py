@@ -49,8 +49,10 @@ class SlowStyleTokenizer:
     """Ids of the original slow `LlamaTokenizer(legacy=False)`, computed with SentencePiece directly.
 
     The text is split on the tokenizer's added tokens (honouring their `lstrip`/`rstrip`); the first text piece
-    gets SentencePiece's word-boundary prefix, text after an added token does not; BOS is prepended when
-    `add_bos_token` (default true).
+    gets SentencePiece's word-boundary prefix, text after an added token does not; a text that starts with an
+    added token gets a lone word-boundary piece before it unless that token is one of the slow tokenizer's
+    special tokens (the named ones and tokenizer_config.json's `additional_special_tokens`); BOS is prepended
+    when `add_bos_token` (default true).
     """
 
     def __init__(self, checkpoint_dir: Path):
@@ -74,6 +76,9 @@ class SlowStyleTokenizer:
         for piece_id in (self.with_prefix.unk_id(), self.with_prefix.bos_id(), self.with_prefix.eos_id()):
             if piece_id >= 0:
                 self.added.setdefault(self.with_prefix.id_to_piece(piece_id), (piece_id, False, False))
+        named = [config.get(name) for name in ("bos_token", "eos_token", "unk_token", "pad_token")]
+        named += config.get("additional_special_tokens") or []
+        self.special_tokens = {entry["content"] if isinstance(entry, dict) else entry for entry in named if entry}
         self.vocab_size = max([self.with_prefix.get_piece_size() - 1] + [v[0] for v in self.added.values()]) + 1
 
     def _split(self, text: str) -> list[tuple[str, int | None]]:
@@ -105,7 +110,10 @@ class SlowStyleTokenizer:
     def encode(self, text: str) -> list[int]:
         text = text.replace(WORD_BOUNDARY, " ")
         ids = [self.bos_id] if self.add_bos else []
-        for index, (part, token_id) in enumerate(self._split(text)):
+        parts = self._split(text)
+        if parts and parts[0][1] is not None and parts[0][0] not in self.special_tokens:
+            ids.append(self.with_prefix.piece_to_id(WORD_BOUNDARY))
+        for index, (part, token_id) in enumerate(parts):
             if token_id is not None:
                 ids.append(token_id)
             elif index == 0:

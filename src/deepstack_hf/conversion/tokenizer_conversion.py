@@ -94,6 +94,14 @@ def convert_tokenizer(checkpoint_dir: Path, chat_template: str | None = None) ->
         chat_template=chat_template,
         model_max_length=config.get("model_max_length"),
     )
+    # The slow tokenizer's `all_special_tokens` (which decide where it drops its leading "▁") are the named ones
+    # plus tokenizer_config.json's additional_special_tokens (special_tokens_map.json's are ignored when a
+    # tokenizer_config.json exists, as transformers 4.39 does).
+    additional = config.get("additional_special_tokens") if config else special_map.get("additional_special_tokens")
+    if additional:
+        tokenizer.add_special_tokens(
+            {"extra_special_tokens": [_token_text(token) for token in additional]}, replace_extra_special_tokens=False
+        )
     for name in ("bos_token", "eos_token", "unk_token"):
         value = _token_text(config.get(name)) or _token_text(special_map.get(name))
         if value is not None and getattr(tokenizer, name) != value:
