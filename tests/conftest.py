@@ -1,6 +1,7 @@
 """Shared factories for tiny random DeepStack configurations (CPU, seconds)."""
 
 import pytest
+import torch
 
 from deepstack_hf import DeepStackConfig
 
@@ -61,3 +62,24 @@ def tiny_deepstack_config(
 @pytest.fixture
 def tiny_config_factory():
     return tiny_deepstack_config
+
+
+def single_image_inputs(config, image_height: int, image_width: int, text_before: int = 4, text_after: int = 6, seed: int = 0):
+    """Model inputs for one prompt `<s> text <image tokens> text` with random pixels, sized by the SPEC rules."""
+    from deepstack_hf.grid_layout import num_image_tokens, num_views, select_best_grid
+
+    crop = config.vision_config.image_size
+    grid = select_best_grid(image_width, image_height, config.num_crops, crop)
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.cat(
+        [
+            torch.tensor([[1]]),
+            torch.randint(3, 290, (1, text_before), generator=generator),
+            torch.full((1, num_image_tokens(grid, config.hd_layout, config.patches_per_side)), config.image_token_id),
+            torch.randint(3, 290, (1, text_after), generator=generator),
+        ],
+        dim=1,
+    )
+    views = num_views(grid, config.num_crops, config.hd_layout)
+    pixel_values = torch.randn(1, views, 3, crop, crop, generator=generator)
+    return {"input_ids": input_ids, "pixel_values": pixel_values, "image_sizes": torch.tensor([[image_height, image_width]])}

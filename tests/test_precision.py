@@ -8,9 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_deepstack_config
+from conftest import single_image_inputs, tiny_deepstack_config
 from deepstack_hf import DeepStackForConditionalGeneration
-from deepstack_hf.grid_layout import num_image_tokens, num_views, select_best_grid
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # cosine of logits vs fp32 on the tiny random model (measured: fp16 1.00000, bf16 0.99997)
@@ -19,22 +18,7 @@ MIN_COSINE = {torch.float32: 0.999999, torch.float16: 0.9995, torch.bfloat16: 0.
 
 def _inputs(config, hd=False, seed=0):
     crop = config.vision_config.image_size
-    height, width = 2 * crop, 3 * crop  # a 3x2-ish canvas: several crops, a non-square grid
-    grid = select_best_grid(width, height, config.num_crops, crop)
-    tokens = num_image_tokens(grid, config.hd_layout, config.patches_per_side)
-    generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.cat(
-        [
-            torch.tensor([[1]]),
-            torch.randint(3, 290, (1, 4), generator=generator),
-            torch.full((1, tokens), config.image_token_id),
-            torch.randint(3, 290, (1, 6), generator=generator),
-        ],
-        dim=1,
-    )
-    views = num_views(grid, config.num_crops, config.hd_layout)
-    pixel_values = torch.randn(1, views, 3, crop, crop, generator=generator)
-    return {"input_ids": input_ids, "pixel_values": pixel_values, "image_sizes": torch.tensor([[height, width]])}
+    return single_image_inputs(config, 2 * crop, 3 * crop, text_before=4, text_after=6, seed=seed)
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["plain", "hd"])

@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import tiny_deepstack_config
+from conftest import single_image_inputs, tiny_deepstack_config
 from deepstack_hf import DeepStackForConditionalGeneration, DeepStackModel
-from deepstack_hf.grid_layout import num_image_tokens, num_views, select_best_grid
 from deepstack_hf.quantization import (
     DEFAULT_BNB_SKIP_MODULES,
     apply_default_bnb_skip_modules,
@@ -35,22 +34,7 @@ def _config():
 
 def _inputs(config, seed=0):
     crop = config.vision_config.image_size
-    height, width = 2 * crop, 2 * crop
-    grid = select_best_grid(width, height, config.num_crops, crop)
-    tokens = num_image_tokens(grid, config.hd_layout, config.patches_per_side)
-    generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.cat(
-        [
-            torch.tensor([[1]]),
-            torch.randint(3, 290, (1, 5), generator=generator),
-            torch.full((1, tokens), config.image_token_id),
-            torch.randint(3, 290, (1, 8), generator=generator),
-        ],
-        dim=1,
-    )
-    views = num_views(grid, config.num_crops, config.hd_layout)
-    pixel_values = torch.randn(1, views, 3, crop, crop, generator=generator)
-    return {"input_ids": input_ids, "pixel_values": pixel_values, "image_sizes": torch.tensor([[height, width]])}
+    return single_image_inputs(config, 2 * crop, 2 * crop, text_before=5, text_after=8, seed=seed)
 
 
 @pytest.fixture(scope="module")
