@@ -24,20 +24,6 @@ CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 
 
 # ----------------------------------------------------------------------------- independent reference
-def ref_best_grid(width, height, num_crops):
-    candidates = [(w, h) for w in range(1, num_crops + 1) for h in range(1, num_crops // w + 1)]
-    candidates = [c for c in candidates if c != (1, 1)]
-    best, best_eff, best_waste = None, -1, None
-    for w, h in candidates:
-        cw, ch = w * 336, h * 336  # the rule is scale-free in the crop size only through the canvas
-        s = min(cw / width, ch / height)
-        eff = min(int(width * s) * int(height * s), width * height)
-        waste = cw * ch - eff
-        if eff > best_eff or (eff == best_eff and waste < best_waste):
-            best, best_eff, best_waste = (w, h), eff, waste
-    return best
-
-
 def ref_best_grid_at(width, height, num_crops, crop):
     candidates = [(w, h) for w in range(1, num_crops + 1) for h in range(1, num_crops // w + 1) if (w, h) != (1, 1)]
     best, best_eff, best_waste = None, -1, None
@@ -111,7 +97,7 @@ GRID_TABLE = [
 
 @pytest.mark.parametrize("size, grid", GRID_TABLE)
 def test_best_grid_table(size, grid):
-    assert ref_best_grid(*size, 4) == grid
+    assert ref_best_grid_at(*size, 4, 336) == grid
     assert select_best_grid(*size, 4, 336) == grid
     processor = DeepStackImageProcessor()
     assert processor.get_image_grid(size[1], size[0]) == grid

@@ -1,5 +1,7 @@
 """Helpers that newer Transformers releases provide, with fallbacks for the oldest supported one (5.17)."""
 
+from functools import wraps
+
 import torch
 
 try:
@@ -18,6 +20,7 @@ except ImportError:  # transformers < 5.23: capture every hidden state instead o
 
     def select_hidden_states(selection):
         def decorate(func):
+            @wraps(func)
             def wrapper(self, *args, **kwargs):
                 kwargs["output_hidden_states"] = True
                 return func(self, *args, **kwargs)

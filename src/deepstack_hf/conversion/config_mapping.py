@@ -51,7 +51,7 @@ KNOWN_ABLATIONS = (
 PLAIN_SAMPLINGS = ("2d", "1d", "grid")
 
 # Fields copied from the original (flat) config into the text config, when present.
-_LLAMA_FIELDS = (
+_SHARED_TEXT_FIELDS = (
     "hidden_size",
     "intermediate_size",
     "num_hidden_layers",
@@ -61,31 +61,12 @@ _LLAMA_FIELDS = (
     "max_position_embeddings",
     "rms_norm_eps",
     "rope_theta",
-    "attention_bias",
-    "mlp_bias",
     "initializer_range",
-    "head_dim",
     "bos_token_id",
     "eos_token_id",
 )
-_PHI3_FIELDS = (
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "hidden_act",
-    "max_position_embeddings",
-    "original_max_position_embeddings",
-    "rms_norm_eps",
-    "rope_theta",
-    "initializer_range",
-    "resid_pdrop",
-    "embd_pdrop",
-    "attention_dropout",
-    "bos_token_id",
-    "eos_token_id",
-)
+_LLAMA_FIELDS = _SHARED_TEXT_FIELDS + ("attention_bias", "mlp_bias", "head_dim")
+_PHI3_FIELDS = _SHARED_TEXT_FIELDS + ("original_max_position_embeddings", "resid_pdrop", "embd_pdrop", "attention_dropout")
 
 
 @dataclass(frozen=True)
