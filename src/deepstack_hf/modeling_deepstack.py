@@ -279,7 +279,8 @@ class DeepStackModel(DeepStackPreTrainedModel):
             visual_pos_masks = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
             inputs_embeds = inputs_embeds.masked_scatter(visual_pos_masks.unsqueeze(-1), image_features)
             stacks = image_output.deepstack_features
-            deepstack_embeds = {layer: torch.cat(stack) for layer, stack in zip(self.config.deepstack_layers, stacks)}
+            layers = self.config.deepstack_layers
+            deepstack_embeds = {layer: torch.cat(stack) for layer, stack in zip(layers, stacks, strict=True)}
 
         outputs = self.language_model(
             attention_mask=attention_mask,

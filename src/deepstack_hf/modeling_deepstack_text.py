@@ -27,20 +27,33 @@ def add_visual_stack(hidden_states: torch.Tensor, visual_pos_masks: torch.Tensor
     Args:
         hidden_states: `(batch_size, seq_len, hidden_size)`.
         visual_pos_masks: bool `(batch_size, seq_len)`, `True` at the visual tokens.
-        stack: `(num_visual_tokens, hidden_size)`, rows in visual-token order (row-major over the batch).
+        stack: `(num_visual_tokens, hidden_size)`, rows in visual-token order (row-major over the batch); the
+            caller checks the row count (`check_stack_rows`).
 
     Returns:
         A new `(batch_size, seq_len, hidden_size)` tensor.
     """
     visual_pos_masks = visual_pos_masks.to(hidden_states.device)
-    torch_compilable_check(
-        visual_pos_masks.sum() == stack.shape[0],
-        lambda: f"Visual positions and stack rows do not match, positions: {int(visual_pos_masks.sum())}, "
-        f"rows: {stack.shape[0]}",
-    )
     hidden_states = hidden_states.clone()
     hidden_states[visual_pos_masks] = hidden_states[visual_pos_masks] + stack.to(hidden_states)
     return hidden_states
+
+
+def check_stack_rows(visual_pos_masks: torch.Tensor | None, deepstack_embeds: dict[int, torch.Tensor]) -> None:
+    """Every stack must have one row per visual position (checked once per forward, for all stacks)."""
+    if not deepstack_embeds:
+        return
+    if visual_pos_masks is None:
+        raise ValueError("deepstack_embeds needs visual_pos_masks: the positions its rows are added at.")
+    rows = {stack.shape[0] for stack in deepstack_embeds.values()}
+    if len(rows) != 1:
+        raise ValueError(f"Every stack must have one row per visual position; the stacks have {sorted(rows)} rows.")
+    num_rows = rows.pop()
+    torch_compilable_check(
+        visual_pos_masks.sum() == num_rows,
+        lambda: f"Visual positions and stack rows do not match, positions: {int(visual_pos_masks.sum())}, "
+        f"rows: {num_rows}",
+    )
 
 
 class DeepStackTextModelMixin:
@@ -98,6 +111,7 @@ class DeepStackTextModelMixin:
             position_ids=position_ids,
         )
         deepstack_embeds = deepstack_embeds or {}
+        check_stack_rows(visual_pos_masks, deepstack_embeds)
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
 
@@ -118,11 +132,20 @@ class DeepStackTextModelMixin:
         return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=past_key_values)
 
     def _layer_masks(self, **mask_kwargs) -> list:
-        """One attention mask per decoder layer, built once per attention type."""
+        """One attention mask per decoder layer, built once per attention type.
+
+        An `attention_mask` that is already a dict `{layer type: mask}` (what `GenerationMixin` prepares for
+        static-cache and compiled generation, and what the stock `Qwen2Model` accepts) is used as given.
+        """
         sliding_default = "sliding_attention" if getattr(self.config, "sliding_window", None) else "full_attention"
         layer_types = getattr(self.config, "layer_types", None) or [sliding_default] * self.config.num_hidden_layers
-        builders = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
-        masks = {layer_type: builders[layer_type](**mask_kwargs) for layer_type in set(layer_types)}
+        masks = mask_kwargs["attention_mask"]
+        if not isinstance(masks, dict):
+            builders = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
+            masks = {layer_type: builders[layer_type](**mask_kwargs) for layer_type in set(layer_types)}
+        missing = set(layer_types) - set(masks)
+        if missing:
+            raise ValueError(f"The attention mask dict has no mask for the layer type(s) {sorted(missing)}.")
         return [masks[layer_type] for layer_type in layer_types]
 
 
@@ -168,5 +191,6 @@ __all__ = [
     "DeepStackQwen2TextModel",
     "DeepStackTextModelMixin",
     "add_visual_stack",
+    "check_stack_rows",
     "text_model_class",
 ]
