@@ -1,4 +1,4 @@
-"""Tokenizer helpers: the fast tokenizer must give the ids of the original slow LlamaTokenizer(legacy=False).
+"""Tokenizer helpers: the fast tokenizer alone must give the ids of the original slow LlamaTokenizer(legacy=False).
 
 The reference (tests/slow_llama_tokenizer.py) re-implements the slow rules with the ``sentencepiece`` library.
 """
@@ -10,11 +10,9 @@ import sentencepiece as spm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slow_llama_tokenizer import slow_llama_encoder
+from slow_llama_tokenizer import chunkwise_ids, slow_llama_encoder
 
-from deepstack_hf.tokenization import slow_compatible_text, tokenizer_from_sentencepiece, train_tiny_sentencepiece
-
-
+from deepstack_hf.tokenization import tokenizer_from_sentencepiece, train_tiny_sentencepiece
 
 @pytest.fixture(scope="module")
 def sp_model_path(tmp_path_factory):
@@ -86,20 +84,71 @@ def test_plain_text_matches_sentencepiece(sp_model_path, tokenizer):
     assert tokenizer.convert_ids_to_tokens(tokenizer("\nWhat").input_ids[1:3]) == ["\u2581", "<0x0A>"]
 
 
-@pytest.mark.parametrize("text", [" the cat", "  two", "\u2581the", " </s>x", " "])
-def test_leading_space_needs_slow_compatible_text(tokenizer, slow_reference, text):
-    assert tokenizer(slow_compatible_text(text, tokenizer)).input_ids == slow_reference(text)
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    st.lists(
-        st.sampled_from(["the", " ", "  ", "\n", "cat", "?", "é", "☃", "\u2581", "</s>", "<s>", "<unk>", "A", "1"]),
-        max_size=10,
-    ).map("".join)
+@pytest.mark.parametrize(
+    "text", [" the cat", "  two", "\u2581the", "\u2581", " </s>x", " ", "   ", "the cat ", "\t cat", " <s> x", "<s> x"]
 )
-def test_property_fast_equals_slow(tokenizer, slow_reference, text):
-    assert tokenizer(slow_compatible_text(text, tokenizer)).input_ids == slow_reference(text)
+def test_leading_spaces_and_word_boundary_character(tokenizer, slow_reference, text):
+    assert tokenizer(text).input_ids == slow_reference(text)
+    assert tokenizer(text, add_special_tokens=False).input_ids == slow_reference(text, add_bos=False)
+
+
+# Whitespace-heavy alphabet: spaces, tabs, newlines, the word-boundary character, BOS/EOS/UNK inline, byte-fallback
+# characters, and (Phi-3) chat tokens, one with rstrip, and one with lstrip.
+LLAMA_ALPHABET = ["the", " ", "  ", "\n", "\t", "cat", "?", "é", "☃", "🙂", "\u2581", "</s>", "<s>", "<unk>", "1"]
+PHI3_ADDED = {"<|end|>": (301, False, True), "<|user|>": (302, False, False), "<|x|>": (303, True, False)}
+PHI3_ALPHABET = LLAMA_ALPHABET + list(PHI3_ADDED)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(LLAMA_ALPHABET), max_size=10).map("".join))
+def test_property_llama_fast_equals_slow(tokenizer, slow_reference, text):
+    assert tokenizer(text).input_ids == slow_reference(text)
+    # decoding gives the text back (the word-boundary character as the space it stands for)
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    assert tokenizer.decode(ids) == text.replace("\u2581", " ")
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["chat-tokens-not-special", "chat-tokens-special"])
+def phi3_pair(request, sp_model_path):
+    """(fast tokenizer, slow reference) with Phi-3-style added tokens; the slow tokenizer counts them among its
+    special tokens only when tokenizer_config.json lists them as additional_special_tokens."""
+    from tokenizers import AddedToken
+
+    extra = [AddedToken(token, lstrip=lstrip, rstrip=rstrip, special=True, normalized=False)
+             for token, (_, lstrip, rstrip) in PHI3_ADDED.items()]
+    tokenizer = tokenizer_from_sentencepiece(sp_model_path, extra_special_tokens=extra)
+    special = list(PHI3_ADDED) if request.param else []
+    if special:
+        from deepstack_hf.tokenization import match_slow_word_boundaries
+
+        tokenizer.add_special_tokens({"extra_special_tokens": extra}, replace_extra_special_tokens=False)
+        match_slow_word_boundaries(tokenizer)
+    return tokenizer, slow_llama_encoder(sp_model_path, PHI3_ADDED, special)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(PHI3_ALPHABET), max_size=10).map("".join))
+def test_property_phi3_fast_equals_slow(phi3_pair, text):
+    tokenizer, slow = phi3_pair
+    special = "<|end|>" in tokenizer.all_special_tokens
+    if text in PHI3_ADDED and not special:
+        assert tokenizer(text).input_ids == [1, PHI3_ADDED[text][0]]  # documented: the slow one has a "▁" between
+        return
+    assert tokenizer(text).input_ids == slow(text)
+
+
+def test_phi3_multi_turn_prompt(phi3_pair):
+    tokenizer, slow = phi3_pair
+    prompt = "<|user|>\nWhat is it?<|end|>\n<|assistant|>\nA cat.<|end|>\n<|user|>\n  And now? <|end|>\n"
+    assert tokenizer(prompt).input_ids == slow(prompt)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from(LLAMA_ALPHABET + ["<image>", "<image>"]), max_size=10).map("".join))
+def test_property_image_prompts_follow_the_chunk_rule(tokenizer, slow_reference, prompt):
+    """With one <image> token per marker, the tokenizer alone gives the original's chunk-wise ids."""
+    expected = chunkwise_ids(slow_reference, prompt, 300, [1] * prompt.count("<image>"))
+    assert tokenizer(prompt).input_ids == expected
 
 
 def test_decode_round_trip(tokenizer):

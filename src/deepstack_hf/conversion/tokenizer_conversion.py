@@ -2,7 +2,8 @@
 
 The original slow `LlamaTokenizer` knows the SentencePiece pieces and the `added_tokens_decoder` entries of
 `tokenizer_config.json` (Phi-3's `<|endoftext|>`, `<|user|>`, `<|end|>`...); those keep their ids (and their
-`lstrip`/`rstrip`), `<image>` is added after them. The original's pad token is kept (`<unk>` for Vicuna).
+`lstrip`/`rstrip`), `<image>` is added after them. The original's pad token is kept (`<unk>` for Vicuna). The
+tokenizer alone gives the slow tokenizer's ids (`deepstack_hf.tokenization.match_slow_word_boundaries`).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def convert_tokenizer(checkpoint_dir: Path, chat_template: str | None = None) ->
     import sentencepiece as spm
     from tokenizers import AddedToken
 
-    from ..tokenization import tokenizer_from_sentencepiece
+    from ..tokenization import match_slow_word_boundaries, tokenizer_from_sentencepiece
 
     model_path = checkpoint_dir / "tokenizer.model"
     if not model_path.is_file():
@@ -99,15 +100,18 @@ def convert_tokenizer(checkpoint_dir: Path, chat_template: str | None = None) ->
     # tokenizer_config.json exists, as transformers 4.39 does).
     additional = config.get("additional_special_tokens") if config else special_map.get("additional_special_tokens")
     if additional:
-        tokenizer.add_special_tokens(
-            {"extra_special_tokens": [_token_text(token) for token in additional]}, replace_extra_special_tokens=False
-        )
+        # registered as the AddedToken objects above, so that they keep their lstrip / rstrip
+        by_content = {str(token): token for token in extra}
+        listed = [by_content.get(_token_text(token), _token_text(token)) for token in additional]
+        tokenizer.add_special_tokens({"extra_special_tokens": listed}, replace_extra_special_tokens=False)
     for name in ("bos_token", "eos_token", "unk_token"):
         value = _token_text(config.get(name)) or _token_text(special_map.get(name))
         if value is not None and getattr(tokenizer, name) != value:
             setattr(tokenizer, name, value)
     if config.get("add_bos_token") is False:
         tokenizer.add_bos_token = False
+    # which tokens are special (no word-boundary piece before them) is known only now
+    match_slow_word_boundaries(tokenizer, IMAGE_TOKEN)
 
     for token_id, entry in added:
         got = tokenizer.convert_tokens_to_ids(entry["content"])
