@@ -108,6 +108,8 @@ class DeepStackImageProcessor(PilBackend):
       (see the module docstring), then zero views up to the batch's largest view count. With `do_pad=False` a
       list of `(num_views, 3, S, S)` arrays instead.
     - `image_sizes`: int64 `(num_images, 2)`, each image's original `(height, width)`.
+    - `num_image_tokens`: int64 `(num_images,)`, the visual tokens each image occupies in the prompt, from the
+      crop grid its views were cut with (what the processor expands each `<image>` marker to).
 
     Inputs may be PIL images of any mode, NumPy arrays or torch tensors (`(H, W)`, `(H, W, C)` or `(C, H, W)`
     with `C` in 1, 2, 3, 4; uint8, integer values in [0, 255], floats in [0, 1] or [0, 255]), paths or URLs,
@@ -259,10 +261,14 @@ class DeepStackImageProcessor(PilBackend):
         num_crops: int,
         hd_layout: bool,
         resample: PILImageResampling | int,
+        grid: tuple[int, int] | None = None,
     ) -> np.ndarray:
-        """The uint8 views ``(num_views, S, S, 3)`` of one RGB image, in the original order."""
+        """The uint8 views ``(num_views, S, S, 3)`` of one RGB image, in the original order.
+
+        ``grid`` is the image's crop grid ``(w, h)`` when the caller has already chosen it.
+        """
         width, height = image.size
-        grid_w, grid_h = select_best_grid(width, height, num_crops, crop)
+        grid_w, grid_h = grid or select_best_grid(width, height, num_crops, crop)
         resample = PILImageResampling(resample) if resample is not None else PILImageResampling.BICUBIC
 
         def stretched(cols: int, rows: int) -> np.ndarray:
@@ -311,10 +317,13 @@ class DeepStackImageProcessor(PilBackend):
             if mean.size not in (1, 3) or std.size not in (1, 3):
                 raise ValueError("image_mean and image_std must have 1 or 3 values.")
 
-        pixel_values, image_sizes = [], []
+        patch_size = int(kwargs.get("patch_size") or self.patch_size)
+        pixel_values, image_sizes, token_counts = [], [], []
         for image in images:
             rgb = self.to_rgb_pil(image, input_data_format, do_convert_rgb is not False)
-            views = self.image_views(rgb, crop, num_crops, bool(hd_layout), resample)
+            grid = select_best_grid(*rgb.size, num_crops, crop)
+            token_counts.append(num_image_tokens(grid, bool(hd_layout), crop // patch_size))
+            views = self.image_views(rgb, crop, num_crops, bool(hd_layout), resample, grid=grid)
             if do_rescale:
                 # the original's rescale: uint8 * scale in float64, then cast to float32
                 values = (views * rescale_factor).astype(np.float32)
@@ -332,7 +341,11 @@ class DeepStackImageProcessor(PilBackend):
             for index, values in enumerate(pixel_values):
                 batch[index, : len(values)] = values
             pixel_values = batch
-        data = {"pixel_values": pixel_values, "image_sizes": np.array(image_sizes, dtype=np.int64).reshape(-1, 2)}
+        data = {
+            "pixel_values": pixel_values,
+            "image_sizes": np.array(image_sizes, dtype=np.int64).reshape(-1, 2),
+            "num_image_tokens": np.array(token_counts, dtype=np.int64),
+        }
         return BatchFeature(data=data, tensor_type=return_tensors)
 
 

@@ -1,41 +1,47 @@
-"""Processor for DeepStack: image processor + Llama-family tokenizer + chat template.
+"""Processor for DeepStack: image processor + Llama-family tokenizer + chat template, on `ProcessorMixin`'s call path.
 
-Token ids follow the original ``tokenizer_image_token``: the prompt is split at every ``<image>``, every chunk is
-tokenized on its own (so the text after an image starts with SentencePiece's word-boundary piece ``▁``, e.g.
-the chunk ``"\\nWhat"`` gives ``▁``, ``\\n``, ``What``...), BOS is kept only at the start of the prompt, and each
-``<image>`` becomes as many copies of the image token id as the model puts visual tokens for that image
-(:func:`~deepstack_hf.grid_layout.num_image_tokens` on the grid of the image's size). Images are matched to
-``<image>`` markers in reading order, prompt by prompt.
+As in Transformers' LLaVA / LLaVA-NeXT / Qwen3-VL processors, every ``<image>`` marker is replaced by as many
+``<image>`` tokens as the model puts visual tokens for that image (the ``num_image_tokens`` the image processor
+returns for it) and the expanded text is tokenized in one go. The ids are those of the original's chunk-wise
+``tokenizer_image_token`` (each ``<image>``-separated chunk tokenized on its own by the slow tokenizer, BOS kept
+at the start only): the tokenizer built by :func:`~deepstack_hf.tokenization.tokenizer_from_sentencepiece` (and
+the converter) carries the original's word-boundary rules, the start of a chunk after an image included
+(:func:`~deepstack_hf.tokenization.match_slow_word_boundaries`). Images are matched to ``<image>`` markers in
+reading order, prompt by prompt.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import MultiModalData, ProcessingKwargs, ProcessorMixin
+from transformers.utils import is_torch_available
 
-from .grid_layout import num_image_tokens, num_views, select_best_grid
+from .grid_layout import candidate_grids, num_views
+
 from .image_processing_deepstack import _flatten_images
-from .tokenization import slow_compatible_text
 
 
-# Tokenizer keyword arguments that only act after the ids are built (handled by ``tokenizer.pad``).
-_PAD_KWARGS = ("padding", "max_length", "pad_to_multiple_of", "padding_side", "return_attention_mask")
+if is_torch_available():
+    import torch
+
+
+def _is_empty(value) -> bool:
+    return value is None or (isinstance(value, (list, tuple)) and len(value) == 0)
 
 
 class DeepStackProcessor(ProcessorMixin):
     r"""
-    DeepStack processor: a [`DeepStackImageProcessor`] and a Llama-family tokenizer (fast `LlamaTokenizer`,
-    `legacy=False`), plus the chat template (`deepstack_hf.chat_templates`).
+    DeepStack processor: a [`DeepStackImageProcessor`] and a Llama-family fast tokenizer, plus the chat template
+    (`deepstack_hf.chat_templates`).
 
-    `__call__(images=None, text=None, **kwargs)` returns a `BatchFeature` with `input_ids` and `attention_mask`
-    (when `text` is given) and `pixel_values` and `image_sizes` (when `images` are given). Supported text keyword
-    arguments: `padding` (`True`/`"longest"`, `"max_length"`, `False`), `max_length`, `pad_to_multiple_of`,
-    `padding_side` (defaults to the tokenizer's, `"left"` from `tokenizer_from_sentencepiece`, which batched
-    generation needs), `return_attention_mask`, `add_special_tokens` (BOS), `return_tensors`. Truncation is refused:
-    it could cut an image's visual tokens. Image keyword arguments go to the image processor (`num_crops`,
-    `hd_layout`...).
+    `__call__(images=None, text=None, videos=None, audio=None, **kwargs)` is `ProcessorMixin.__call__`: it returns
+    a `BatchFeature` with `input_ids` and `attention_mask` (when `text` is given) and `pixel_values` and
+    `image_sizes` (when `images` are given), and takes every standard tokenizer keyword (`padding`,
+    `truncation`, `max_length`, `padding_side`, `return_offsets_mapping`, `return_length`...) and
+    `return_mm_token_type_ids` / `return_text_replacement_offsets`. Truncation is allowed as long as it cuts no
+    image token; otherwise a `ValueError` names the image. `videos` and `audio` may be `None` or empty. Image
+    keyword arguments go to the image processor (`num_crops`, `hd_layout`...).
 
     Args:
         image_processor ([`DeepStackImageProcessor`]): the image processor.
@@ -48,7 +54,6 @@ class DeepStackProcessor(ProcessorMixin):
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, image_token="<image>", **kwargs):
         self.image_token = getattr(tokenizer, "image_token", None) or image_token
-        super().__init__(image_processor, tokenizer, chat_template=chat_template)
         image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
         if image_token_id is None or image_token_id == tokenizer.unk_token_id:
             raise ValueError(
@@ -56,153 +61,127 @@ class DeepStackProcessor(ProcessorMixin):
                 "(deepstack_hf.tokenization.tokenizer_from_sentencepiece does)."
             )
         self.image_token_id = int(image_token_id)
+        super().__init__(image_processor, tokenizer, chat_template=chat_template)
 
-    # ------------------------------------------------------------------ token counting
-    def _image_settings(self, images_kwargs: dict | None = None) -> tuple[int, bool, int, int]:
-        images_kwargs = images_kwargs or {}
-        image_processor = self.image_processor
-        num_crops = int(images_kwargs.get("num_crops") or image_processor.num_crops)
-        hd_layout = images_kwargs.get("hd_layout")
-        hd_layout = bool(image_processor.hd_layout if hd_layout is None else hd_layout)
-        crop_size = images_kwargs.get("crop_size") or image_processor.crop_size
-        if isinstance(crop_size, int):
-            crop = crop_size
-        elif isinstance(crop_size, dict):
-            crop = crop_size["height"]
-        else:
-            crop = crop_size.height
-        patch_size = int(images_kwargs.get("patch_size") or image_processor.patch_size)
-        return num_crops, hd_layout, int(crop), patch_size
+    # ------------------------------------------------------------------ attributes llava-hf users look up
+    @property
+    def patch_size(self) -> int:
+        """Vision-tower patch size (pixels)."""
+        return self.image_processor.patch_size
 
-    def get_number_of_image_tokens(self, height: int, width: int, **images_kwargs) -> int:
-        """Visual tokens one image of this original size occupies in the prompt."""
-        num_crops, hd_layout, crop, patch_size = self._image_settings(images_kwargs)
-        grid = select_best_grid(int(width), int(height), num_crops, crop)
-        return num_image_tokens(grid, hd_layout, crop // patch_size)
+    @property
+    def image_seq_length(self) -> int | None:
+        """Visual tokens per image when that number is fixed (plain layout: `(S / patch_size)**2`), else `None`."""
+        if self.image_processor.hd_layout:
+            return None
+        return (self.image_processor.crop_size.height // self.patch_size) ** 2
+
+    # ------------------------------------------------------------------ inputs
+    def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
+        """Text as a list; images fetched, checked prompt by prompt when given one list per prompt, and flattened."""
+        for name, value in (("videos", videos), ("audio", audio)):
+            if not _is_empty(value):
+                raise ValueError(f"DeepStack takes images and text only; got `{name}` ({type(value).__name__}).")
+        if _is_empty(images):
+            images = None
+        images, text, _, _ = super().prepare_inputs_layout(images=images, text=text, **kwargs)
+        if images is not None:
+            if text is not None:
+                self._check_images_per_prompt(text, images)
+            images = _flatten_images(images)
+        return images, text, None, None
+
+    def _check_images_per_prompt(self, text, images) -> None:
+        """Images given one list per prompt must match that prompt's `<image>` markers."""
+        if not (
+            isinstance(images, (list, tuple))
+            and isinstance(text, list)
+            and len(text) > 1
+            and len(images) == len(text)
+            and all(isinstance(item, (list, tuple)) for item in images)
+        ):
+            return
+        for index, (sample, item) in enumerate(zip(text, images, strict=True)):
+            count, given = sample.count(self.image_token), len(_flatten_images(item)) if item else 0
+            if given != count:
+                raise ValueError(
+                    f"Prompt {index} contains {count} {self.image_token} marker(s) but {given} image(s) were given "
+                    "for it."
+                )
+
+    # ------------------------------------------------------------------ multimodal hooks
+    def _process_images(self, images, **kwargs):
+        """The image processor's outputs and the `<image>` replacements, with `pixel_values` padded to the most
+        views any image can get under these settings, so that separately processed inputs (a pipeline's or a data
+        loader's samples) stack into one batch whatever their crop grids."""
+        processed, replacements = super()._process_images(images, **kwargs)
+        pixel_values = processed["pixel_values"]
+        if not isinstance(pixel_values, list):  # `do_pad=False` keeps a list of per-image arrays
+            num_crops = kwargs.get("num_crops") or self.image_processor.num_crops
+            hd = self.image_processor.hd_layout if kwargs.get("hd_layout") is None else kwargs["hd_layout"]
+            most = max(num_views(grid, num_crops, hd) for grid in candidate_grids(num_crops))
+            missing = most - pixel_values.shape[1]
+            if missing > 0:
+                padding = [(0, 0), (0, missing)] + [(0, 0)] * (pixel_values.ndim - 2)
+                if isinstance(pixel_values, np.ndarray):
+                    pixel_values = np.pad(pixel_values, padding)
+                else:
+                    pad = [0, 0] * (pixel_values.ndim - 2) + [0, missing]
+                    pixel_values = torch.nn.functional.pad(pixel_values, pad)
+                processed["pixel_values"] = pixel_values
+        return processed, replacements
+
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        """The `<image>` tokens of image `image_idx`: as many as the image processor counted for it."""
+        return self.image_token * int(image_inputs["num_image_tokens"][image_idx])
+
+    @property
+    def unused_input_names(self) -> list[str]:
+        return ["num_image_tokens"]
+
+    def _check_special_mm_tokens(self, text: list[str], text_inputs, modalities: list[str]):
+        """Every image keeps all its tokens; truncation that cuts one raises a `ValueError` naming the image."""
+        for prompt_index, (sample, ids) in enumerate(zip(text, text_inputs["input_ids"], strict=True)):
+            runs, kept = self._image_token_runs(sample), list(ids).count(self.image_token_id)
+            if kept == sum(runs):
+                continue
+            # truncation removes images from the end (right) or the start (left): find the first one it reaches
+            order = range(len(runs)) if self.tokenizer.truncation_side == "right" else range(len(runs))[::-1]
+            for image_index in order:
+                if runs[image_index] > kept:
+                    raise ValueError(
+                        f"Truncation cuts image {image_index} of prompt {prompt_index}: it needs "
+                        f"{runs[image_index]} image tokens but only {kept} fit. Raise `max_length` or shorten "
+                        "the text."
+                    )
+                kept -= runs[image_index]
+
+    def _image_token_runs(self, sample: str) -> list[int]:
+        """Lengths of the runs of consecutive image tokens in an expanded prompt, in order."""
+        runs, current, position, token = [], 0, 0, self.image_token
+        while position < len(sample):
+            if sample.startswith(token, position):
+                current += 1
+                position += len(token)
+                continue
+            if current:
+                runs.append(current)
+                current = 0
+            position += 1
+        if current:
+            runs.append(current)
+        return runs
 
     def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs) -> MultiModalData:
-        """Visual tokens and views per image for ``image_sizes`` given as ``(height, width)`` pairs."""
+        """Visual tokens and views per image for `image_sizes` given as `(height, width)` pairs."""
         vision_data = {}
         if image_sizes is not None:
             images_kwargs = self._merge_kwargs(self.valid_processor_kwargs, **kwargs)["images_kwargs"]
-            num_crops, hd_layout, crop, patch_size = self._image_settings(images_kwargs)
-            tokens, patches = [], []
-            for height, width in image_sizes:
-                grid = select_best_grid(int(width), int(height), num_crops, crop)
-                tokens.append(num_image_tokens(grid, hd_layout, crop // patch_size))
-                patches.append(num_views(grid, num_crops, hd_layout))
-            vision_data.update({"num_image_tokens": tokens, "num_image_patches": patches})
+            settings = {key: images_kwargs.get(key) for key in ("num_crops", "hd_layout")}
+            tokens = [self.image_processor.get_number_of_image_tokens(h, w, **settings) for h, w in image_sizes]
+            views = [self.image_processor.get_num_views(h, w, **settings) for h, w in image_sizes]
+            vision_data.update({"num_image_tokens": tokens, "num_image_patches": views})
         return MultiModalData(**vision_data)
-
-    # ------------------------------------------------------------------ main call
-    def __call__(self, images=None, text=None, videos=None, audio=None, **kwargs) -> BatchFeature:
-        if videos is not None or audio is not None:
-            raise ValueError("DeepStack takes images and text only.")
-        if images is None and text is None:
-            raise ValueError("DeepStackProcessor needs `images`, `text` or both.")
-        kwargs.pop("sanitize_control_tokens", None)
-        merged = self._merge_kwargs(
-            self.valid_processor_kwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs
-        )
-        text_kwargs, images_kwargs = merged["text_kwargs"], merged["images_kwargs"]
-        return_tensors = text_kwargs.pop("return_tensors", None) or images_kwargs.get("return_tensors")
-        images_kwargs.pop("return_tensors", None)
-
-        if text is not None:
-            if isinstance(text, str):
-                text = [text]
-            elif not (isinstance(text, (list, tuple)) and all(isinstance(sample, str) for sample in text)):
-                raise ValueError("`text` must be a string or a list of strings.")
-            text = list(text)
-
-        flat_images = []
-        if images is not None:
-            images = self.image_processor.fetch_images(images)
-            flat_images = _flatten_images(images)
-        if text is not None:
-            self._check_image_counts(text, images, flat_images)
-
-        data = {}
-        tokens_per_image = []
-        if flat_images:
-            image_inputs = self.image_processor(flat_images, **images_kwargs)
-            data.update(image_inputs)
-            tokens_per_image = [
-                self.get_number_of_image_tokens(height, width, **images_kwargs)
-                for height, width in np.asarray(image_inputs["image_sizes"]).reshape(-1, 2).tolist()
-            ]
-
-        if text is not None:
-            data.update(self._encode_prompts(text, tokens_per_image, text_kwargs))
-        return BatchFeature(data=data, tensor_type=return_tensors)
-
-    def _check_image_counts(self, text: list[str], images, flat_images: list) -> None:
-        markers = [sample.count(self.image_token) for sample in text]
-        if sum(markers) != len(flat_images):
-            raise ValueError(
-                f"The prompts contain {sum(markers)} {self.image_token} marker(s) but {len(flat_images)} image(s) "
-                "were given; pass exactly one image per marker."
-            )
-        # Images given one list per prompt must also match prompt by prompt.
-        if (
-            isinstance(images, (list, tuple))
-            and len(images) == len(text)
-            and len(text) > 1
-            and all(isinstance(item, (list, tuple)) for item in images)
-        ):
-            for index, (count, item) in enumerate(zip(markers, images)):
-                given = len(_flatten_images(item)) if item else 0
-                if given != count:
-                    raise ValueError(
-                        f"Prompt {index} contains {count} {self.image_token} marker(s) but {given} image(s) were "
-                        "given for it."
-                    )
-
-    def _encode_prompts(self, text: list[str], tokens_per_image: list[int], text_kwargs: dict) -> dict:
-        if text_kwargs.get("truncation") not in (None, False, "do_not_truncate"):
-            raise ValueError(
-                "DeepStackProcessor does not truncate: truncation could cut an image's visual tokens. Shorten the "
-                "prompt instead."
-            )
-        add_special_tokens = text_kwargs.get("add_special_tokens", True)
-        add_special_tokens = True if add_special_tokens is None else bool(add_special_tokens)
-
-        chunks_per_prompt = [sample.split(self.image_token) for sample in text]
-        flat_chunks = [slow_compatible_text(chunk, self.tokenizer) for chunks in chunks_per_prompt for chunk in chunks]
-        encoded = self.tokenizer(flat_chunks, add_special_tokens=add_special_tokens)["input_ids"]
-
-        bos_id = self.tokenizer.bos_token_id
-        input_ids, position, image_index = [], 0, 0
-        for chunks in chunks_per_prompt:
-            chunk_ids = encoded[position : position + len(chunks)]
-            position += len(chunks)
-            first = list(chunk_ids[0])
-            # as the original: BOS kept once, when the first chunk starts with it; dropped from every later chunk
-            offset = 1 if first and bos_id is not None and first[0] == bos_id else 0
-            ids = first
-            for later in chunk_ids[1:]:
-                ids.extend([self.image_token_id] * tokens_per_image[image_index])
-                image_index += 1
-                ids.extend(later[offset:])
-            input_ids.append(ids)
-
-        pad_kwargs = {key: text_kwargs[key] for key in _PAD_KWARGS if text_kwargs.get(key) is not None}
-        padded = self.tokenizer.pad({"input_ids": input_ids}, **pad_kwargs)
-        return dict(padded)
-
-    # ------------------------------------------------------------------ decoding
-    def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens: bool = True, **kwargs):
-        """Decode generated ids (``(batch, length)`` or ``(length,)``) into a list of strings."""
-        if hasattr(generated_outputs, "tolist"):
-            generated_outputs = generated_outputs.tolist()
-        if generated_outputs and isinstance(generated_outputs[0], int):
-            generated_outputs = [generated_outputs]
-        return self.tokenizer.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
-
-    @property
-    def model_input_names(self) -> list[str]:
-        names = list(self.tokenizer.model_input_names) + list(self.image_processor.model_input_names)
-        return list(dict.fromkeys(names))
 
 
 __all__ = ["DeepStackProcessor"]
