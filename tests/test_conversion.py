@@ -6,6 +6,7 @@ greedy tokens).
 """
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -173,12 +174,12 @@ def _base_checkpoint(tmp_path, **kwargs):
 
 
 def _with_config(synthetic, tmp_path, **changes):
-    """A copy of the checkpoint directory (weights symlinked) with config.json fields changed."""
+    """A copy of the checkpoint directory (weights hard-linked) with config.json fields changed."""
     target = tmp_path / "variant"
     target.mkdir()
     for path in synthetic.checkpoint.iterdir():
-        (target / path.name).symlink_to(path)
-    (target / "config.json").unlink()
+        if path.name != "config.json":
+            os.link(path, target / path.name)
     config = dict(synthetic.config)
     config.update(changes)
     (target / "config.json").write_text(json.dumps(config))

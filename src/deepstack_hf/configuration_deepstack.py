@@ -6,7 +6,15 @@ from huggingface_hub.dataclasses import strict
 from transformers import CONFIG_MAPPING, AutoConfig, PreTrainedConfig
 from transformers.activations import ACT2FN
 
-from .grid_layout import num_stacks
+from .grid_layout import check_num_crops, num_stacks
+
+MAX_PROJECTOR_DEPTH = 16
+
+
+def _short(value) -> str:
+    """A field's value for an error message, cut to 60 characters (a refusal is one line even for huge values)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @strict
@@ -86,6 +94,7 @@ class DeepStackConfig(PreTrainedConfig):
         self.vision_config = _build_sub_config(self.vision_config, self.default_vision_config)
         self.text_config = _build_sub_config(self.text_config, {"model_type": "llama"})
         super().__post_init__(**kwargs)
+        check_num_crops(self.num_crops)  # bounds num_stacks before the default layer list is built from it
         if self.deepstack_layers is None:
             self.deepstack_layers = list(range(1, 1 + self.num_stacks))
         self.deepstack_layers = [int(layer) for layer in self.deepstack_layers]
@@ -118,14 +127,21 @@ class DeepStackConfig(PreTrainedConfig):
                 f"image_seq_length={self.image_seq_length} does not match the vision tower's "
                 f"{self.patches_per_side}x{self.patches_per_side} patch map."
             )
-        if self.projector_depth < 1:
-            raise ValueError(f"projector_depth must be at least 1, got {self.projector_depth}.")
+        if not 1 <= self.projector_depth <= MAX_PROJECTOR_DEPTH:
+            raise ValueError(f"projector_depth={_short(self.projector_depth)} is not allowed; expected [1, {MAX_PROJECTOR_DEPTH}].")
+        tower_layers = self.vision_config.num_hidden_layers
+        if not -(tower_layers + 1) <= self.vision_feature_layer <= tower_layers:
+            raise ValueError(
+                f"vision_feature_layer={self.vision_feature_layer} is not allowed; the {tower_layers}-layer vision "
+                f"tower has hidden states [{-(tower_layers + 1)}, {tower_layers}]."
+            )
+        if self.image_token_id < 0:
+            raise ValueError(f"image_token_id={self.image_token_id} is not allowed; expected a non-negative id.")
         if self.projector_hidden_act not in ACT2FN:
             raise ValueError(f"Unknown projector_hidden_act {self.projector_hidden_act!r}.")
 
     def _check_stack_fields(self):
-        if self.num_crops < 2:
-            raise ValueError(f"num_crops must be at least 2 (no crop grid exists otherwise), got {self.num_crops}.")
+        check_num_crops(self.num_crops)
         if self.stack_sampling not in ("2d", "1d", "grid"):
             raise ValueError(f"Unknown stack_sampling {self.stack_sampling!r}; expected '2d', '1d' or 'grid'.")
         if self.hd_layout and self.stack_sampling != "2d":
@@ -133,14 +149,14 @@ class DeepStackConfig(PreTrainedConfig):
         layers = self.deepstack_layers
         if len(layers) != self.num_stacks:
             raise ValueError(
-                f"deepstack_layers has {len(layers)} entries but the model builds {self.num_stacks} stacks "
+                f"deepstack_layers={_short(layers)} has {len(layers)} entries but the model builds {self.num_stacks} stacks "
                 f"(num_crops={self.num_crops}, hd_layout={self.hd_layout})."
             )
         depth = self.text_config.num_hidden_layers
         if any(not 0 <= layer < depth for layer in layers):
-            raise ValueError(f"deepstack_layers {layers} must lie in [0, {depth}) for a {depth}-layer decoder.")
+            raise ValueError(f"deepstack_layers={_short(layers)} must lie in [0, {depth}) for a {depth}-layer decoder.")
         if any(later <= earlier for earlier, later in zip(layers, layers[1:])):
-            raise ValueError(f"deepstack_layers {layers} must be strictly increasing.")
+            raise ValueError(f"deepstack_layers={_short(layers)} must be strictly increasing.")
 
 
 def _build_sub_config(value: dict | PreTrainedConfig | None, default: dict) -> PreTrainedConfig:

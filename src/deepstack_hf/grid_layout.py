@@ -7,6 +7,18 @@ disagree.
 """
 
 import math
+import numbers
+
+MAX_NUM_CROPS = 64
+"""Largest `num_crops` accepted anywhere (released models use 4; 64 crops are already 65 CLIP views per image)."""
+
+
+def check_num_crops(num_crops) -> None:
+    """`ValueError` unless `num_crops` is an integer in [2, MAX_NUM_CROPS] (checked before any grid is built)."""
+    if isinstance(num_crops, bool) or not isinstance(num_crops, numbers.Integral) or not 2 <= num_crops <= MAX_NUM_CROPS:
+        text = repr(num_crops)
+        text = text if len(text) <= 40 else text[:37] + "..."
+        raise ValueError(f"num_crops={text} is not allowed; expected an integer in [2, {MAX_NUM_CROPS}].")
 
 
 def candidate_grids(num_crops: int) -> list[tuple[int, int]]:
@@ -23,6 +35,7 @@ def select_best_grid(image_width: int, image_height: int, num_crops: int, crop_s
     Largest effective resolution ``min(int(W*s) * int(H*s), W*H)`` with ``s = min(cw/W, ch/H)``; ties broken
     by the least wasted canvas area, remaining ties by candidate order (first wins). Returns ``(w, h)``.
     """
+    check_num_crops(num_crops)
     if image_width < 1 or image_height < 1:
         raise ValueError(f"Image size must be at least 1x1 pixels, got {image_width}x{image_height}.")
     best_grid, best_effective, best_waste = None, 0, math.inf
@@ -33,8 +46,6 @@ def select_best_grid(image_width: int, image_height: int, num_crops: int, crop_s
         waste = canvas_w * canvas_h - effective
         if effective > best_effective or (effective == best_effective and waste < best_waste):
             best_grid, best_effective, best_waste = (grid_w, grid_h), effective, waste
-    if best_grid is None:
-        raise ValueError(f"num_crops={num_crops} admits no crop grid; it must be at least 2.")
     return best_grid
 
 

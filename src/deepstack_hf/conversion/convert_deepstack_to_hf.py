@@ -1,17 +1,24 @@
 """Convert an original DeepStack checkpoint (Hub id or directory) into a Hub-ready Transformers repository.
 
-    deepstack-convert SOURCE OUTPUT_DIR [--dtype float16|bfloat16|float32] [--vision-tower ID_OR_DIR]
+    deepstack-convert SOURCE OUTPUT_DIR [--dtype float16|bfloat16|float32] [--clamp-fp16] [--vision-tower ID_OR_DIR]
         [--vision-weights auto|checkpoint|tower] [--max-shard-size 5GB] [--overwrite] [--verify]
         [--push-to-hub REPO_ID [--private] [--dry-run]]
 
 (`python conversion/convert_deepstack_to_hf.py ...` at the repository root is the same command.)
 
-Pipeline: parse every input safetensors *header*, validate the config (refusing unimplemented options by name),
-plan the output (names, dtypes, shapes, shards) and check it against a meta-device
-`DeepStackForConditionalGeneration`; then, in a temporary directory beside OUTPUT_DIR, stream the tensors
-shard by shard (bounded memory, see `streaming_safetensors`), write config, generation config, processor,
-tokenizer and model card, optionally verify against the independent original implementation, and finally rename
-the temporary directory to OUTPUT_DIR. Any failure removes the temporary directory: nothing is left behind.
+`convert_checkpoint` runs four steps, each with one guarantee:
+
+1. `plan_conversion` (read and validate -> `ConversionPlan`): every file read is confined to the source folder
+   (`source_checkpoint`), every safetensors header, config value and preprocessor field is checked for type and
+   range (`streaming_safetensors.read_header`, `config_bounds`) and every unimplemented option refused by name
+   (`config_mapping`), and the planned tensors (names, dtypes, shapes, shards) are checked against a meta-device
+   `DeepStackForConditionalGeneration`. Nothing is written.
+2. `write_plan`: stream the tensors shard by shard (bounded memory, see `streaming_safetensors`; a float16 cast
+   that overflows or underflows is refused unless `clamp_fp16`), then config, generation config, processor,
+   tokenizer and model card, into the claim's staging folder.
+3. `verify_plan` (optional): compare with the independent original implementation, streamed layer by layer.
+4. publish: `output_claim.OutputClaim` claimed the output (lock file, overlap checks) before step 2 and now
+   renames the staging folder onto it atomically. Any failure removes the staging folder: nothing is left behind.
 """
 
 from __future__ import annotations
@@ -22,28 +29,30 @@ import json
 import logging
 import os
 import re
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from .config_bounds import check_original_config, check_select_layer
 from .config_mapping import OriginalSettings, build_deepstack_config, read_original_settings
 from .errors import ConversionError
 from .model_card import CardInfo, render_model_card
-from .source_checkpoint import load_source_checkpoint, looks_like_hub_id
+from .output_claim import OutputClaim
+from .source_checkpoint import SourceCheckpoint, SourceFolder, load_source_checkpoint, looks_like_hub_id
 from .streaming_safetensors import (
+    FLOAT_DTYPES,
     SAFETENSORS_DTYPES,
     TORCH_DTYPES,
+    CastReport,
     FileReaders,
     plan_shards,
     write_index,
     write_shard,
 )
 from .tokenizer_conversion import convert_tokenizer, padded_vocab_size
-from .vision_tower import image_processor_settings, load_vision_tower
+from .vision_tower import VisionTower, image_processor_settings, load_vision_tower
 from .weight_mapping import adapt_vision_names, check_against_model, plan_tensors
 
 logger = logging.getLogger("deepstack_hf.conversion")
@@ -84,6 +93,7 @@ class ConversionResult:
     suppress_tokens: list[int]
     use_checkpoint_vision: bool
     verification: VerificationReport | None = None
+    cast_report: CastReport | None = None
     uploaded: list[tuple[str, int]] = field(default_factory=list)
 
 
@@ -100,13 +110,6 @@ def parse_size(value: str | int) -> int:
     return int(number * scale)
 
 
-def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ConversionError(f"Output path {output_dir} exists and is not a directory.")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise ConversionError(f"Output directory {output_dir} is not empty; pass --overwrite to replace its contents.")
-
-
 def _expected_model_shapes(config) -> dict[str, tuple[int, ...]]:
     from ..modeling_deepstack import DeepStackForConditionalGeneration
 
@@ -119,7 +122,11 @@ def _generation_config(source_dir: Path, tokenizer_info, suppress: list[int]):
     from transformers import GenerationConfig
 
     if (source_dir / "generation_config.json").is_file():
-        generation = GenerationConfig.from_pretrained(source_dir)
+        try:
+            generation = GenerationConfig.from_dict(SourceFolder.of(source_dir).read_json("generation_config.json", "Checkpoint"))
+        except (TypeError, ValueError) as error:
+            raise ConversionError(f"{source_dir}/generation_config.json is not a valid generation config: "
+                                  f"{str(error)[:200]}") from None
     else:
         generation = GenerationConfig(do_sample=False)
     if generation.bos_token_id is None:
@@ -133,12 +140,11 @@ def _generation_config(source_dir: Path, tokenizer_info, suppress: list[int]):
     return generation
 
 
-def _write_processor(directory: Path, tokenizer, settings: OriginalSettings, preprocessor: dict, patch_size: int):
+def _write_processor(directory: Path, tokenizer, settings: OriginalSettings, image_settings: dict, patch_size: int):
     from ..chat_templates import PHI3_INSTRUCT_TEMPLATE, VICUNA_V1_TEMPLATE
     from ..image_processing_deepstack import DeepStackImageProcessor
     from ..processing_deepstack import DeepStackProcessor
 
-    image_settings = image_processor_settings(preprocessor)
     image_processor = DeepStackImageProcessor(
         crop_size={"height": image_settings["crop_size"], "width": image_settings["crop_size"]},
         image_mean=image_settings["image_mean"],
@@ -161,23 +167,9 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="Writing shards", disable=not enabled)
 
 
-def convert_checkpoint(
-    source: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    dtype: str | None = None,
-    vision_tower: str | None = None,
-    vision_weights: str = "auto",
-    overwrite: bool = False,
-    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
-    verify: bool = False,
-    verify_tokens: int = 8,
-    push_to_hub: str | None = None,
-    dry_run: bool = False,
-    private: bool = False,
-    progress: bool = True,
-    hub_repo_id_for_card: str | None = None,
-) -> ConversionResult:
-    """Convert SOURCE into OUTPUT_DIR (see the module docstring); raises `ConversionError` on refusal or failure.
+@dataclass(frozen=True)
+class ConversionOptions:
+    """The converter's options (the CLI flags).
 
     Args:
         dtype: output dtype of floating-point weights (`float16`, `bfloat16`, `float32`); default: the dtype of the
@@ -185,121 +177,211 @@ def convert_checkpoint(
         vision_tower: Hub id or directory of the CLIP tower, overriding the config's `mm_vision_tower`.
         vision_weights: `auto` (original rule: the checkpoint's CLIP copy iff `unfreeze_mm_vision_tower`),
             `checkpoint` or `tower`.
-        verify: run the independent original-weights reference and compare logits and greedy tokens.
-        push_to_hub / dry_run / private: upload the result (or only list the files with `dry_run`).
+        max_shard_size: largest output shard (`5GB`, `500MB`, a byte count).
+        overwrite: replace a non-empty output directory (never the source, the tower or the cwd).
+        clamp_fp16: with `dtype="float16"`, clamp values beyond +-65504 instead of refusing the conversion.
+        verify / verify_tokens: compare with the independent original implementation (streamed, layer by layer).
+        card_repo_id: repo id written in the model card (default: the Hub upload target or the output name).
+        progress: show progress bars.
     """
-    output_dir = Path(output_dir).expanduser().absolute()
-    if dtype is not None and dtype not in DTYPE_CHOICES:
-        raise ConversionError(f"Unsupported --dtype {dtype!r}; choose one of {', '.join(DTYPE_CHOICES)}.")
-    if vision_weights not in ("auto", "checkpoint", "tower"):
-        raise ConversionError(f"--vision-weights must be auto, checkpoint or tower, got {vision_weights!r}.")
-    max_shard_bytes = parse_size(max_shard_size)
-    _check_output_dir(output_dir, overwrite)
 
-    # ---- read and validate everything before writing anything
+    dtype: str | None = None
+    vision_tower: str | None = None
+    vision_weights: str = "auto"
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE
+    overwrite: bool = False
+    clamp_fp16: bool = False
+    verify: bool = False
+    verify_tokens: int = 8
+    card_repo_id: str | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.dtype is not None and self.dtype not in DTYPE_CHOICES:
+            raise ConversionError(f"Unsupported --dtype {self.dtype!r:.40}; choose one of {', '.join(DTYPE_CHOICES)}.")
+        if self.vision_weights not in ("auto", "checkpoint", "tower"):
+            raise ConversionError(f"--vision-weights must be auto, checkpoint or tower, got {self.vision_weights!r:.40}.")
+        if not 1 <= parse_size(self.max_shard_size):
+            raise ConversionError(f"--max-shard-size must be at least 1 byte, got {self.max_shard_size!r:.40}.")
+        if isinstance(self.verify_tokens, bool) or not isinstance(self.verify_tokens, int) or not 1 <= self.verify_tokens <= 256:
+            raise ConversionError(f"--verify-tokens must be an integer in [1, 256], got {self.verify_tokens!r:.40}.")
+
+
+@dataclass
+class ConversionPlan:
+    """Everything read from the source and validated, and every output decided; nothing written yet."""
+
+    checkpoint: SourceCheckpoint
+    settings: OriginalSettings
+    tower: VisionTower
+    use_checkpoint_vision: bool
+    tokenizer_info: object
+    vocab_rows: int
+    suppress: list[int]
+    dtype_name: str
+    config: object
+    shards: list
+    card: CardInfo
+
+
+def plan_conversion(source: str | os.PathLike, options: ConversionOptions, card_repo_id: str) -> ConversionPlan:
+    """Read and validate SOURCE (confined, bounded, headers only) and plan every output file.
+
+    Like timm's `checkpoint_filter_fn` and `weight_mapping.plan_tensors`, this is a pure function of its inputs:
+    it writes nothing, so any refusal leaves the disk untouched.
+    """
     checkpoint = load_source_checkpoint(source)
-    settings = read_original_settings(checkpoint.config, vision_tower)
+    check_original_config(checkpoint.config)
+    settings = read_original_settings(checkpoint.config, options.vision_tower)
     tower = load_vision_tower(settings.vision_tower)
-    use_checkpoint_vision = settings.unfreeze_vision_tower if vision_weights == "auto" else vision_weights == "checkpoint"
+    check_select_layer(settings.select_layer, tower.vision_config["num_hidden_layers"])
+    if options.vision_weights == "auto":
+        use_checkpoint_vision = settings.unfreeze_vision_tower
+    else:
+        use_checkpoint_vision = options.vision_weights == "checkpoint"
     tower_tensors = None if use_checkpoint_vision else tower.weights()
 
     embed = checkpoint.tensors.get("model.embed_tokens.weight")
-    if embed is None:
-        raise ConversionError(f"Checkpoint {checkpoint.directory} has no model.embed_tokens.weight.")
-    tokenizer_info = convert_tokenizer(checkpoint.directory)
+    if embed is None or len(embed.shape) != 2 or embed.dtype not in FLOAT_DTYPES:
+        raise ConversionError(
+            f"Checkpoint {checkpoint.directory}: model.embed_tokens.weight must be a 2-D floating-point tensor"
+            + ("; it is missing." if embed is None else f", not {embed.dtype} of shape {embed.shape}.")
+        )
+    try:
+        tokenizer_info = convert_tokenizer(checkpoint.directory)
+    except ConversionError:
+        raise
+    except (OSError, RuntimeError, TypeError, ValueError, KeyError) as error:
+        raise ConversionError(f"Checkpoint {checkpoint.directory}: its tokenizer does not load "
+                              f"({type(error).__name__}: {str(error)[:200]}).") from None
     vocab_rows = padded_vocab_size(embed.shape[0], len(tokenizer_info.tokenizer))
     # Logits of ids >= the original tokenizer's length never existed in the original (its loader resized the
     # embeddings to the tokenizer), so they are suppressed: greedy decoding then matches the original exactly.
     first_suppressed = min(tokenizer_info.original_length, embed.shape[0])
     suppress = list(range(first_suppressed, vocab_rows))
 
-    target_dtype_name = dtype or {v: k for k, v in DTYPE_CHOICES.items()}.get(TORCH_DTYPES[embed.dtype], "float32")
-    target = SAFETENSORS_DTYPES[DTYPE_CHOICES[target_dtype_name]]
-    config = build_deepstack_config(
-        checkpoint.config,
-        settings,
-        tower.vision_config,
-        vocab_size=vocab_rows,
-        image_token_id=tokenizer_info.image_token_id,
-        pad_token_id=tokenizer_info.pad_token_id,
-        dtype=target_dtype_name,
-    )
+    dtype_name = options.dtype or {v: k for k, v in DTYPE_CHOICES.items()}.get(TORCH_DTYPES[embed.dtype], "float32")
+    try:
+        config = build_deepstack_config(
+            checkpoint.config,
+            settings,
+            tower.vision_config,
+            vocab_size=vocab_rows,
+            image_token_id=tokenizer_info.image_token_id,
+            pad_token_id=tokenizer_info.pad_token_id,
+            dtype=dtype_name,
+        )
+    except ConversionError:
+        raise
+    except (TypeError, ValueError) as error:  # DeepStackConfig's own validation
+        raise ConversionError(f"config.json gives an invalid DeepStack config: {str(error)[:300]}") from None
+    target = SAFETENSORS_DTYPES[DTYPE_CHOICES[dtype_name]]
     planned = plan_tensors(checkpoint.tensors, tower_tensors, settings.projector_type, settings.hd_layout, target, vocab_rows)
     expected = _expected_model_shapes(config)
     adapt_vision_names(planned, expected)
     check_against_model(planned, expected, tied=settings.tie_word_embeddings)
-    shards = plan_shards(planned, max_shard_bytes)
+    shards = plan_shards(planned, parse_size(options.max_shard_size))
 
-    # ---- write into a temporary directory beside OUTPUT_DIR
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    temp_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.converting-", dir=output_dir.parent))
-    try:
-        total = sum(shard.nbytes for shard in shards)
-        with FileReaders() as readers, _progress(total, progress) as bar:
-            for shard in shards:
-                bar.set_postfix_str(shard.filename)
-                write_shard(shard, temp_dir / shard.filename, readers, progress=bar.update)
-        if len(shards) > 1:
-            write_index(shards, temp_dir / "model.safetensors.index.json")
-        config.save_pretrained(temp_dir)
-        _generation_config(checkpoint.directory, tokenizer_info, suppress).save_pretrained(temp_dir)
-        _write_processor(temp_dir, tokenizer_info.tokenizer, settings, tower.preprocessor, tower.vision_config["patch_size"])
-        source_id = str(source) if looks_like_hub_id(str(source)) and not Path(source).exists() else None
-        card = CardInfo(
-            repo_id=hub_repo_id_for_card or push_to_hub or output_dir.name,
-            source=source_id,
-            llm="Phi-3" if settings.text_model_type == "phi3" else "Vicuna / Llama",
-            hd=settings.hd_layout,
-            template=settings.template,
-            license="mit" if settings.text_model_type == "phi3" else "llama2",
-            num_crops=settings.num_crops,
-            deepstack_layers=settings.deepstack_layers,
-            suppressed_ids=(suppress[0], suppress[-1]) if suppress else None,
-            vision_weights=(
-                "the checkpoint's own copy (`model.vision_tower.vision_tower.*`)"
-                if use_checkpoint_vision
-                else f"`{settings.vision_tower}` (`vision_model.*`)"
-            ),
-        )
-        (temp_dir / "README.md").write_text(render_model_card(card))
+    source_id = str(source) if looks_like_hub_id(str(source)) and not Path(source).exists() else None
+    card = CardInfo(
+        repo_id=card_repo_id,
+        source=source_id,
+        llm="Phi-3" if settings.text_model_type == "phi3" else "Vicuna / Llama",
+        hd=settings.hd_layout,
+        template=settings.template,
+        license="mit" if settings.text_model_type == "phi3" else "llama2",
+        num_crops=settings.num_crops,
+        deepstack_layers=settings.deepstack_layers,
+        suppressed_ids=(suppress[0], suppress[-1]) if suppress else None,
+        vision_weights=(
+            "the checkpoint's own copy (`model.vision_tower.vision_tower.*`)"
+            if use_checkpoint_vision
+            else f"`{settings.vision_tower}` (`vision_model.*`)"
+        ),
+    )
+    return ConversionPlan(checkpoint, settings, tower, use_checkpoint_vision, tokenizer_info, vocab_rows, suppress,
+                          dtype_name, config, shards, card)
 
-        report = None
-        if verify:
-            report = verify_conversion(
-                checkpoint.directory,
-                temp_dir,
-                vision_tower_dir=tower.directory,
-                vision_weights="checkpoint" if use_checkpoint_vision else "tower",
-                weight_dtype=DTYPE_CHOICES[target_dtype_name],
-                max_new_tokens=verify_tokens,
-            )
-            logger.info("Verification: %s", report.summary())
-            if not report.passed:
-                raise ConversionError(f"Verification failed: {report.summary()}")
 
-        # ---- publish: swap the finished directory in
-        if output_dir.exists():
-            backup = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
-            backup.rmdir()
-            os.replace(output_dir, backup)
-            os.replace(temp_dir, output_dir)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(temp_dir, output_dir)
-    except BaseException:
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        raise
+def write_plan(plan: ConversionPlan, directory: Path, clamp_fp16: bool = False, progress: bool = True) -> CastReport:
+    """Write every planned file into `directory` (the claim's staging folder); returns the float16 cast report.
 
-    files = sorted(p.relative_to(output_dir).as_posix() for p in output_dir.rglob("*") if p.is_file())
+    Raises `ConversionError` when the float16 cast is unsafe (see `CastReport.refusal`). Every file written here
+    is published together; a step that adds files to the repository (e.g. remote-code modules) belongs at the end.
+    """
+    report = CastReport(clamp=clamp_fp16)
+    total = sum(shard.nbytes for shard in plan.shards)
+    with FileReaders() as readers, _progress(total, progress) as bar:
+        for shard in plan.shards:
+            bar.set_postfix_str(shard.filename)
+            write_shard(shard, directory / shard.filename, readers, progress=bar.update, report=report)
+    refusal = report.refusal()
+    if refusal:
+        raise ConversionError(refusal)
+    if len(plan.shards) > 1:
+        write_index(plan.shards, directory / "model.safetensors.index.json")
+    plan.config.save_pretrained(directory)
+    _generation_config(plan.checkpoint.directory, plan.tokenizer_info, plan.suppress).save_pretrained(directory)
+    image_settings = image_processor_settings(plan.tower.preprocessor, plan.tower.directory)
+    patch_size = plan.tower.vision_config["patch_size"]
+    _write_processor(directory, plan.tokenizer_info.tokenizer, plan.settings, image_settings, patch_size)
+    (directory / "README.md").write_text(render_model_card(plan.card))
+    return report
+
+
+def verify_plan(plan: ConversionPlan, directory: Path, max_new_tokens: int) -> VerificationReport:
+    """`verify_conversion` of the written files against the original ones; `ConversionError` when they differ."""
+    report = verify_conversion(
+        plan.checkpoint.directory,
+        directory,
+        vision_tower_dir=plan.tower.directory,
+        vision_weights="checkpoint" if plan.use_checkpoint_vision else "tower",
+        weight_dtype=DTYPE_CHOICES[plan.dtype_name],
+        max_new_tokens=max_new_tokens,
+    )
+    logger.info("Verification: %s", report.summary())
+    if not report.passed:
+        raise ConversionError(f"Verification failed: {report.summary()}")
+    return report
+
+
+def convert_checkpoint(
+    source: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    push_to_hub: str | None = None,
+    dry_run: bool = False,
+    private: bool = False,
+    **options,
+) -> ConversionResult:
+    """Convert SOURCE into OUTPUT_DIR: plan (read and validate), claim, write, verify, publish, upload.
+
+    `options` are `ConversionOptions` fields. Raises `ConversionError` on refusal or failure, having changed
+    nothing on disk: the output is only claimed once the plan stands, and only published once written (and
+    verified); see `output_claim`. `push_to_hub` / `dry_run` / `private`: upload the result (or only list it).
+    """
+    options = ConversionOptions(**options)
+    output_dir = Path(output_dir).expanduser().absolute()
+    OutputClaim.check_output(output_dir, options.overwrite)  # fail fast, before any download
+    plan = plan_conversion(source, options, options.card_repo_id or push_to_hub or output_dir.name)
+    protected = {"the source checkpoint": SourceFolder.of(plan.checkpoint.directory).root,
+                 "the vision tower": SourceFolder.of(plan.tower.directory).root}
+    verification = None
+    with OutputClaim.acquire(output_dir, options.overwrite, protected) as claim:
+        cast_report = write_plan(plan, claim.staging, options.clamp_fp16, options.progress)
+        if options.verify:
+            verification = verify_plan(plan, claim.staging, options.verify_tokens)
+        claim.publish()
+
     result = ConversionResult(
         output_dir=output_dir,
-        files=files,
-        settings=settings,
-        vocab_size=vocab_rows,
-        image_token_id=tokenizer_info.image_token_id,
-        suppress_tokens=suppress,
-        use_checkpoint_vision=use_checkpoint_vision,
-        verification=report,
+        files=sorted(p.relative_to(output_dir).as_posix() for p in output_dir.rglob("*") if p.is_file()),
+        settings=plan.settings,
+        vocab_size=plan.vocab_rows,
+        image_token_id=plan.tokenizer_info.image_token_id,
+        suppress_tokens=plan.suppress,
+        use_checkpoint_vision=plan.use_checkpoint_vision,
+        verification=verification,
+        cast_report=cast_report if plan.dtype_name == "float16" else None,
     )
     if push_to_hub:
         from .hub_upload import push_to_hub as upload
@@ -399,6 +481,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("source", help="Hub repo id (e.g. menglc/deepstack-l-vicuna-7b) or local original-format directory")
     parser.add_argument("output_dir", help="where the converted model goes (must be empty unless --overwrite)")
     parser.add_argument("--dtype", choices=sorted(DTYPE_CHOICES), help="output dtype (default: the checkpoint's)")
+    parser.add_argument(
+        "--clamp-fp16",
+        action="store_true",
+        help="with --dtype float16: clamp values beyond +-65504 (and accept tiny values flushed to 0) instead of "
+        "refusing the conversion; the counts are reported",
+    )
     parser.add_argument("--vision-tower", help="CLIP tower (Hub id or directory) overriding config.json's mm_vision_tower")
     parser.add_argument(
         "--vision-weights",
@@ -408,12 +496,18 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint = the checkpoint's copy, tower = the mm_vision_tower weights",
     )
     parser.add_argument("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE, help="largest output shard (default 5GB)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTPUT_DIR")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty OUTPUT_DIR (never one that is, contains or lies inside the source or the vision "
+        "tower, nor one that is or contains the current directory)",
+    )
     parser.add_argument(
         "--verify",
         action="store_true",
         help="compare logits and greedy tokens with an independent implementation on the original weights "
-        f"(fails above {VERIFY_TOLERANCE:g}); needs about one fp32 copy of the model in RAM",
+        f"(fails above {VERIFY_TOLERANCE:g}); streamed layer by layer, so it needs about twice the largest shard "
+        "in RAM",
     )
     parser.add_argument("--verify-tokens", type=int, default=8, help="greedy tokens compared by --verify (default 8)")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the result with create_repo + upload_folder")
@@ -438,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
             vision_tower=args.vision_tower,
             vision_weights=args.vision_weights,
             overwrite=args.overwrite,
+            clamp_fp16=args.clamp_fp16,
             max_shard_size=args.max_shard_size,
             verify=args.verify,
             verify_tokens=args.verify_tokens,
@@ -456,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{'the checkpoint copy' if result.use_checkpoint_vision else 'the mm_vision_tower'}, "
             f"suppress_tokens {result.suppress_tokens[:1]}..{result.suppress_tokens[-1:]}"
         )
+        if result.cast_report:
+            print(f"  {result.cast_report.summary()}")
         if result.verification:
             print(f"  verify: {result.verification.summary()}")
     if args.push_to_hub:

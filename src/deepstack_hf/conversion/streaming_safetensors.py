@@ -27,6 +27,8 @@ from .errors import ConversionError
 
 CHUNK_BYTES = 64 * 1024 * 1024
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_RANK = 8  # no DeepStack tensor has more than 4 dimensions
+MAX_DIM = 2**40  # bounds every dimension before any arithmetic on it
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -64,11 +66,47 @@ class TensorRecord:
         return math.prod(self.shape)
 
 
+def _short(value, limit: int = 60) -> str:
+    """`repr` of a header value, cut to `limit` characters (messages never carry more than a glimpse of a file)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _unique_keys(pairs):
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        duplicate = next(key for key in keys if keys.count(key) > 1)
+        raise ValueError(f"duplicate key {_short(duplicate)}")
+    return dict(pairs)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_entry(entry) -> tuple[str, tuple[int, ...], int, int]:
+    """(dtype, shape, begin, end) of one header entry; `ValueError` naming the field and its allowed range."""
+    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+        raise ValueError("entry must be an object with exactly dtype, shape and data_offsets")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype not in TORCH_DTYPES:
+        raise ValueError(f"dtype={_short(dtype)}, allowed: {', '.join(TORCH_DTYPES)}")
+    if not isinstance(shape, list) or len(shape) > MAX_RANK or not all(_is_int(d) and 0 <= d <= MAX_DIM for d in shape):
+        raise ValueError(f"shape={_short(shape)}, allowed: a list of at most {MAX_RANK} integers in [0, {MAX_DIM}]")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(x) for x in offsets)
+            and 0 <= offsets[0] <= offsets[1] <= MAX_DIM**2):
+        raise ValueError(f"data_offsets={_short(offsets)}, allowed: [begin, end], integers, 0 <= begin <= end")
+    return dtype, tuple(shape), offsets[0], offsets[1]
+
+
 def read_header(path: str | os.PathLike) -> dict[str, TensorRecord]:
     """Parse and validate a safetensors header without reading any tensor data.
 
-    Raises `ConversionError` naming the file when it is missing, truncated (a tensor's bytes run past the end of
-    the file), or when its header is not valid safetensors JSON.
+    Every field is checked for type and range before anything is allocated: header length, JSON (no duplicate
+    keys, bounded nesting), `__metadata__` (string to string), each tensor's dtype, shape (at most `MAX_RANK`
+    integer dims in [0, `MAX_DIM`]) and data offsets (inside the file, matching dtype and shape, not overlapping).
+    Raises `ConversionError` naming the file and the field; messages never quote more than a short `repr` of a
+    header value, and nothing of a file that is not safetensors.
     """
     path = Path(path)
     if not path.is_file():
@@ -76,49 +114,52 @@ def read_header(path: str | os.PathLike) -> dict[str, TensorRecord]:
     file_size = path.stat().st_size
     with open(path, "rb") as handle:
         prefix = handle.read(8)
-        if len(prefix) < 8:
-            raise ConversionError(f"Truncated safetensors file {path}: {file_size} bytes, no header length.")
-        (header_len,) = struct.unpack("<Q", prefix)
-        if header_len > MAX_HEADER_BYTES or 8 + header_len > file_size:
+        header_len = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else None
+        if header_len is None or not 2 <= header_len <= min(MAX_HEADER_BYTES, file_size - 8):
             raise ConversionError(
-                f"Corrupt or truncated safetensors header in {path}: it claims {header_len} header bytes but the "
-                f"file has {file_size} bytes."
+                f"Truncated or not a safetensors file {path} ({file_size} bytes): its first 8 bytes are not a header "
+                f"length in [2, {min(MAX_HEADER_BYTES, max(file_size - 8, 0))}]."
             )
         raw = handle.read(header_len)
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
         if not isinstance(header, dict):
             raise ValueError("the header is not a JSON object")
-    except (UnicodeDecodeError, ValueError) as error:
-        raise ConversionError(f"Safetensors header of {path} does not parse: {error}") from None
+    except UnicodeDecodeError:
+        raise ConversionError(f"Safetensors header of {path} does not parse: it is not UTF-8 text.") from None
+    except RecursionError:
+        raise ConversionError(f"Safetensors header of {path} does not parse: JSON nested too deeply.") from None
+    except ValueError as error:  # json's messages give a position, never the text
+        raise ConversionError(f"Safetensors header of {path} does not parse: {error}.") from None
 
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ConversionError(f"Safetensors header of {path}: __metadata__ must be an object of strings.")
     data_start = 8 + header_len
     records: dict[str, TensorRecord] = {}
     for name, entry in header.items():
-        if name == "__metadata__":
-            continue
         try:
-            dtype = entry["dtype"]
-            shape = tuple(int(dim) for dim in entry["shape"])
-            begin, end = (int(x) for x in entry["data_offsets"])
-            if dtype not in TORCH_DTYPES:
-                raise ValueError(f"unsupported dtype {dtype!r}")
-            if any(dim < 0 for dim in shape) or not 0 <= begin <= end:
-                raise ValueError("negative shape or offsets")
-        except (KeyError, TypeError, ValueError) as error:
-            raise ConversionError(f"Safetensors header of {path} does not parse (tensor {name!r}: {error})") from None
+            dtype, shape, begin, end = _check_entry(entry)
+        except ValueError as error:
+            raise ConversionError(f"Safetensors header of {path}, tensor {_short(name)}: {error}.") from None
         nbytes = math.prod(shape) * itemsize(dtype)
         if end - begin != nbytes:
             raise ConversionError(
-                f"Corrupt safetensors header in {path}: tensor {name!r} spans {end - begin} bytes but its dtype and "
-                f"shape need {nbytes}."
+                f"Corrupt safetensors header in {path}: tensor {_short(name)} spans {end - begin} bytes but its dtype "
+                f"and shape need {nbytes}."
             )
         if data_start + end > file_size:
             raise ConversionError(
-                f"Truncated safetensors file {path}: tensor {name!r} ends at byte {data_start + end} but the file "
-                f"has {file_size} bytes."
+                f"Truncated safetensors file {path}: tensor {_short(name)} ends at byte {data_start + end} but the "
+                f"file has {file_size} bytes."
             )
         records[name] = TensorRecord(name, dtype, shape, path, data_start + begin, nbytes)
+    spans = sorted((record.offset, record.offset + record.nbytes, name) for name, record in records.items())
+    for (_, first_end, first), (second_begin, _, second) in zip(spans, spans[1:]):
+        if second_begin < first_end:
+            raise ConversionError(
+                f"Corrupt safetensors header in {path}: tensors {_short(first)} and {_short(second)} overlap."
+            )
     return records
 
 
@@ -262,6 +303,66 @@ def shard_header(shard: PlannedShard, metadata: dict[str, str] | None = None) ->
     return struct.pack("<Q", len(raw)) + raw
 
 
+FP16_OVERFLOW = 65520.0  # the smallest magnitude float16 rounds to infinity (65504 is its largest finite value)
+FP16_MAX = 65504.0
+UNDERFLOW_LIMIT = 1e-3  # a tensor may lose at most this fraction of its non-zero values to float16 underflow
+
+
+@dataclass
+class CastReport:
+    """What casting to float16 does to each tensor: finite values that overflow, non-zero values that flush to 0.
+
+    With `clamp`, overflowing values are clamped to +-65504 (and counted) instead of becoming infinite.
+    `refusal()` names the tensors that make the cast unsafe: any overflow without `clamp`, or more than
+    `UNDERFLOW_LIMIT` of a tensor's non-zero values flushed to zero.
+    """
+
+    clamp: bool = False
+    overflow: dict[str, int] = field(default_factory=dict)
+    underflow: dict[str, int] = field(default_factory=dict)
+    nonzero: dict[str, int] = field(default_factory=dict)
+
+    def cast(self, name: str, block: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        if dtype != torch.float16 or block.dtype == torch.float16 or not block.is_floating_point():
+            return block.to(dtype)
+        too_big = block.isfinite() & (block.abs() >= FP16_OVERFLOW)
+        if self.clamp:
+            block = torch.where(too_big, block.clamp(-FP16_MAX, FP16_MAX), block)
+        out = block.to(dtype)
+        for counts, value in (
+            (self.overflow, int(too_big.sum())),
+            (self.underflow, int(((out == 0) & (block != 0)).sum())),
+            (self.nonzero, int((block != 0).sum())),
+        ):
+            counts[name] = counts.get(name, 0) + value
+        return out
+
+    def _worst(self, counts: dict[str, int], keep) -> str:
+        names = [name for name, count in counts.items() if count and keep(name)]
+        shown = ", ".join(f"{name} ({counts[name]} values)" for name in names[:5])
+        return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+    def refusal(self) -> str | None:
+        """Why the float16 output must not be published, or `None`."""
+        overflow = "" if self.clamp else self._worst(self.overflow, lambda name: True)
+        underflow = self._worst(
+            self.underflow, lambda name: self.underflow[name] > UNDERFLOW_LIMIT * max(self.nonzero[name], 1)
+        )
+        if not overflow and (self.clamp or not underflow):
+            return None
+        parts = [f"values beyond +-{FP16_MAX:g} that would become inf in {overflow}"] if overflow else []
+        parts += [f"more than {UNDERFLOW_LIMIT:.1%} of the non-zero values flush to 0 in {underflow}"] if underflow else []
+        return (
+            "Converting to float16 is unsafe: " + "; ".join(parts) + ". Convert to bfloat16 or float32, or pass "
+            "--clamp-fp16 to clamp to +-65504 (the clamped and flushed counts are reported)."
+        )
+
+    def summary(self) -> str:
+        clamped = sum(self.overflow.values()) if self.clamp else 0
+        flushed = sum(self.underflow.values())
+        return f"float16 cast: {clamped} values clamped to +-{FP16_MAX:g}, {flushed} tiny values flushed to 0"
+
+
 def _write_block(handle, block: torch.Tensor) -> int:
     block = block.contiguous()
     raw = block.reshape(-1).view(torch.uint8).numpy()
@@ -275,20 +376,25 @@ def write_planned_tensor(
     readers: FileReaders,
     chunk_bytes: int = CHUNK_BYTES,
     progress: Callable[[int], None] | None = None,
+    report: CastReport | None = None,
 ) -> int:
-    """Stream one planned tensor into the open output `handle`; returns the number of bytes written."""
+    """Stream one planned tensor into the open output `handle`; returns the number of bytes written.
+
+    Casts go through `report` (a fresh `CastReport` when `None`), which counts float16 overflow and underflow.
+    """
     source = tensor.source
     target_dtype = TORCH_DTYPES[tensor.dtype]
+    report = report if report is not None else CastReport()
     written = 0
     row_mean = None
     if tensor.extra_rows:
         total = torch.zeros(source.shape[1:], dtype=torch.float64)
         for block in iter_tensor_chunks(source, readers, chunk_bytes):
             total += block.to(torch.float64).sum(dim=0)
-        row_mean = (total / source.shape[0]).to(target_dtype)
+        row_mean = report.cast(tensor.name, total / source.shape[0], target_dtype)
     for block in iter_tensor_chunks(source, readers, chunk_bytes):
         if block.dtype != target_dtype:
-            block = block.to(target_dtype)
+            block = report.cast(tensor.name, block, target_dtype)
         count = _write_block(handle, block)
         written += count
         if progress:
@@ -311,12 +417,13 @@ def write_shard(
     readers: FileReaders,
     chunk_bytes: int = CHUNK_BYTES,
     progress: Callable[[int], None] | None = None,
+    report: CastReport | None = None,
 ) -> None:
-    """Write one output shard: header first, then every tensor streamed in order."""
+    """Write one output shard: header first, then every tensor streamed in order (casts counted in `report`)."""
     with open(path, "wb") as handle:
         handle.write(shard_header(shard))
         for tensor in shard.tensors:
-            write_planned_tensor(tensor, handle, readers, chunk_bytes, progress)
+            write_planned_tensor(tensor, handle, readers, chunk_bytes, progress, report)
 
 
 def write_index(shards: list[PlannedShard], path: Path) -> None:
@@ -354,6 +461,7 @@ def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], met
 
 __all__ = [
     "CHUNK_BYTES",
+    "CastReport",
     "FileReaders",
     "PlannedShard",
     "PlannedTensor",

@@ -6,16 +6,18 @@ The directory (or Hub repo) holds a CLIP `config.json` (`CLIPModel` or `CLIPVisi
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config_bounds import check_tower_config
 from .errors import ConversionError
-from .source_checkpoint import index_weight_files, resolve_directory
+from .source_checkpoint import SourceFolder, check_source_links, index_weight_files, resolve_directory
 from .streaming_safetensors import TensorRecord
 
 TOWER_CONFIG_PATTERNS = ["config.json", "preprocessor_config.json"]
 TOWER_WEIGHT_PATTERNS = ["*.safetensors", "model.safetensors.index.json"]
+MAX_IMAGE_SIDE = 8192
 
 _VISION_FIELDS = (
     "hidden_size",
@@ -59,13 +61,15 @@ def clip_vision_config(config: dict, where: Path) -> dict:
 
     model_type = config.get("model_type")
     if model_type == "clip":
-        nested = dict(config.get("vision_config") or {})
-        nested.update(config.get("vision_config_dict") or {})  # configs saved by old Transformers versions
-        source = nested
+        parts = [config.get("vision_config") or {}, config.get("vision_config_dict") or {}]  # the latter: old saves
+        if not all(isinstance(part, dict) for part in parts):
+            raise ConversionError(f"Vision tower {where}: vision_config must be an object.")
+        source = {**parts[0], **parts[1]}
     elif model_type == "clip_vision_model":
         source = config
     else:
-        raise ConversionError(f"Vision tower {where} is not a CLIP model (config.json model_type {model_type!r}).")
+        raise ConversionError(f"Vision tower {where} is not a CLIP model (config.json model_type {model_type!r:.60}).")
+    check_tower_config(source, f"Vision tower {where}/config.json")
     defaults = CLIPVisionConfig(**{k: source[k] for k in _VISION_FIELDS if k in source})
     result = {"model_type": "clip_vision_model"}
     for key in _VISION_FIELDS:
@@ -75,36 +79,62 @@ def clip_vision_config(config: dict, where: Path) -> dict:
 
 def load_vision_tower(name: str) -> VisionTower:
     directory = resolve_directory(name, TOWER_CONFIG_PATTERNS, "Vision tower")
-    config_path, processor_path = directory / "config.json", directory / "preprocessor_config.json"
-    for path in (config_path, processor_path):
-        if not path.is_file():
-            raise ConversionError(f"Vision tower {directory} has no {path.name}.")
-    try:
-        config = json.loads(config_path.read_text())
-        preprocessor = json.loads(processor_path.read_text())
-    except ValueError as error:
-        raise ConversionError(f"Vision tower file in {directory} does not parse: {error}") from None
+    check_source_links(directory, "Vision tower")
+    folder = SourceFolder.of(directory)
+    config = folder.read_json("config.json", "Vision tower")
+    preprocessor = folder.read_json("preprocessor_config.json", "Vision tower")
+    image_processor_settings(preprocessor, directory)  # refuse a bad preprocessor now, before anything is written
     return VisionTower(name, directory, clip_vision_config(config, directory), preprocessor)
 
 
-def image_processor_settings(preprocessor: dict) -> dict:
-    """The CLIP image-processor fields (crop size, resize edge, mean/std, resample, rescale) as plain values."""
+def image_processor_settings(preprocessor: dict, where: Path | str = "the vision tower") -> dict:
+    """The CLIP image-processor fields (crop size, resize edge, mean/std, resample, rescale) as plain values.
 
-    def side(value, key):
+    Raises `ConversionError` naming the field of `preprocessor_config.json` whose type or range is wrong.
+    """
+
+    def fail(key, value, allowed):
+        text = repr(value)
+        text = text if len(text) <= 60 else text[:57] + "..."
+        raise ConversionError(f"{where}/preprocessor_config.json: {key}={text} is not allowed; expected {allowed}.")
+
+    def side(key, default, inner):
+        value = preprocessor.get(key, default)
         if isinstance(value, dict):
-            return int(value.get(key) or value.get("height") or value.get("shortest_edge"))
-        return int(value)
+            value = value.get(inner) or value.get("height") or value.get("shortest_edge")
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_IMAGE_SIDE:
+            fail(key, preprocessor.get(key), f"an integer (or {{'{inner}': integer}}) in [1, {MAX_IMAGE_SIDE}]")
+        return value
 
-    crop = side(preprocessor.get("crop_size", 224), "height")
-    size = preprocessor.get("size", crop)
+    def triple(key, default):
+        value = preprocessor.get(key, default)
+        if not (isinstance(value, list) and len(value) == 3 and all(_finite(x) for x in value)):
+            fail(key, value, "a list of 3 finite numbers")
+        return [float(x) for x in value]
+
+    crop = side("crop_size", 224, "height")
+    edge = side("size", crop, "shortest_edge")
+    resample = preprocessor.get("resample", 3)
+    if isinstance(resample, bool) or resample not in range(6):
+        fail("resample", resample, "a PIL resampling filter id in [0, 5]")
+    rescale = preprocessor.get("rescale_factor", 1 / 255)
+    if not _finite(rescale) or not 0 < rescale <= 1:
+        fail("rescale_factor", rescale, "a number in (0, 1]")
+    std = triple("image_std", [0.26862954, 0.26130258, 0.27577711])
+    if not all(value > 0 for value in std):
+        fail("image_std", std, "3 positive numbers")
     return {
         "crop_size": crop,
-        "shortest_edge": side(size, "shortest_edge"),
-        "image_mean": [float(x) for x in preprocessor.get("image_mean", [0.48145466, 0.4578275, 0.40821073])],
-        "image_std": [float(x) for x in preprocessor.get("image_std", [0.26862954, 0.26130258, 0.27577711])],
-        "resample": int(preprocessor.get("resample", 3)),
-        "rescale_factor": float(preprocessor.get("rescale_factor", 1 / 255)),
+        "shortest_edge": edge,
+        "image_mean": triple("image_mean", [0.48145466, 0.4578275, 0.40821073]),
+        "image_std": std,
+        "resample": int(resample),
+        "rescale_factor": float(rescale),
     }
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 __all__ = ["VisionTower", "clip_vision_config", "image_processor_settings", "load_vision_tower"]
