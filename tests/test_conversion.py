@@ -209,7 +209,7 @@ REFUSALS = [
     for flag in (
         "deepstack_vit",
         "hires_local",
-        "2xsample",
+        "2xsample+hires_local",
         "dummy_local",
         "only_global_features",
         "global_and_local",

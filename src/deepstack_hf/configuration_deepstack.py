@@ -6,7 +6,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import CONFIG_MAPPING, AutoConfig, PreTrainedConfig
 from transformers.activations import ACT2FN
 
-from .grid_layout import num_stacks
+from .grid_layout import num_stacks, square_grid_for
 
 
 @strict
@@ -40,6 +40,11 @@ class DeepStackConfig(PreTrainedConfig):
         hd_layout (`bool`, *optional*, defaults to `False`):
             DeepStack-L-HD layout (`is_anyres_deepstack`): LLaVA-NeXT-style sequence with `image_newline`,
             stacks drawn from 2x-upsampled sub-crops.
+        square_grid (`bool`, *optional*):
+            Give every image the square crop grid `(sqrt(num_crops), sqrt(num_crops))` whatever its aspect ratio
+            (the original's `2xsample` option) instead of the best-fitting grid; `num_crops` must then be a square
+            number. Applies to the plain, HD and DeepStack-V layouts. Defaults to `False` (`True` for DeepStack-V,
+            which needs it). The image processor has the same option: both must agree.
         stack_sampling (`str`, *optional*, defaults to `"2d"`):
             How plain-layout stacks are drawn from the high-resolution map: `"2d"` (strided rows and columns,
             the released rule), `"1d"` (strided over the flattened map) or `"grid"` (one crop per stack).
@@ -77,6 +82,7 @@ class DeepStackConfig(PreTrainedConfig):
     vision_feature_select_strategy: Literal["default", "full"] = "default"
     num_crops: int = 4
     hd_layout: bool = False
+    square_grid: bool | None = None
     stack_sampling: str = "2d"
     deepstack_layers: list[int] | None = None
     image_seq_length: int = 576
@@ -91,6 +97,7 @@ class DeepStackConfig(PreTrainedConfig):
         self.deepstack_layers = [int(layer) for layer in self.deepstack_layers]
         self._check_vision_fields()
         self._check_stack_fields()
+        self._check_grid_fields()
 
     @property
     def num_stacks(self) -> int:
@@ -141,6 +148,12 @@ class DeepStackConfig(PreTrainedConfig):
             raise ValueError(f"deepstack_layers {layers} must lie in [0, {depth}) for a {depth}-layer decoder.")
         if any(later <= earlier for earlier, later in zip(layers, layers[1:])):
             raise ValueError(f"deepstack_layers {layers} must be strictly increasing.")
+
+    def _check_grid_fields(self):
+        if self.square_grid is None:
+            self.square_grid = False
+        if self.square_grid:
+            square_grid_for(self.num_crops)
 
 
 def _build_sub_config(value: dict | PreTrainedConfig | None, default: dict) -> PreTrainedConfig:

@@ -34,7 +34,7 @@ from transformers.image_utils import (
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import TensorType
 
-from .grid_layout import hd_upsample_factor, num_image_tokens, num_views, select_best_grid
+from .grid_layout import hd_upsample_factor, image_grid, num_image_tokens, num_views
 
 
 class DeepStackImageProcessorKwargs(ImagesKwargs, total=False):
@@ -46,11 +46,15 @@ class DeepStackImageProcessorKwargs(ImagesKwargs, total=False):
         Emit the DeepStack-L-HD views (sequence views, then 2x-upsampled sub-crops) instead of the plain ones.
     patch_size (`int`, *optional*, defaults to `self.patch_size`):
         Vision-tower patch size; only used to count visual tokens.
+    square_grid (`bool`, *optional*, defaults to `self.square_grid`):
+        Give every image the square grid `(sqrt(num_crops), sqrt(num_crops))` instead of the best-fitting one
+        (the original's `2xsample`; DeepStack-V needs it). Must match the model config's `square_grid`.
     """
 
     num_crops: int
     hd_layout: bool
     patch_size: int
+    square_grid: bool
 
 
 def _flatten_images(images) -> list:
@@ -147,6 +151,7 @@ class DeepStackImageProcessor(PilBackend):
     num_crops = 4
     hd_layout = False
     patch_size = 14
+    square_grid = False
 
     def __init__(self, **kwargs: Unpack[DeepStackImageProcessorKwargs]):
         super().__init__(**kwargs)
@@ -165,10 +170,20 @@ class DeepStackImageProcessor(PilBackend):
             raise ValueError(f"crop_size {crop_size.height} must be a multiple of patch_size {patch_size}.")
         return int(crop_size.height)
 
-    def get_image_grid(self, height: int, width: int, num_crops: int | None = None) -> tuple[int, int]:
-        """Best crop grid ``(grid_width, grid_height)`` for an image of this size (SPEC's LLaVA-NeXT rule)."""
+    def get_image_grid(
+        self,
+        height: int,
+        width: int,
+        num_crops: int | None = None,
+        square_grid: bool | None = None,
+        crop: int | None = None,
+    ) -> tuple[int, int]:
+        """Crop grid ``(grid_width, grid_height)`` for an image of this size: SPEC's LLaVA-NeXT rule, or the square
+        grid with ``square_grid`` (see :func:`~deepstack_hf.grid_layout.image_grid`)."""
         num_crops = self.num_crops if num_crops is None else num_crops
-        return select_best_grid(int(width), int(height), num_crops, self.crop_size.height)
+        square_grid = self.square_grid if square_grid is None else square_grid
+        crop = self.crop_size.height if crop is None else crop
+        return image_grid(int(width), int(height), num_crops, crop, bool(square_grid))
 
     def get_num_views(self, height: int, width: int, num_crops: int | None = None, hd_layout: bool | None = None) -> int:
         """Views (``S x S`` crops) this processor emits for one image of this size."""
@@ -259,10 +274,11 @@ class DeepStackImageProcessor(PilBackend):
         num_crops: int,
         hd_layout: bool,
         resample: PILImageResampling | int,
+        square_grid: bool | None = None,
     ) -> np.ndarray:
         """The uint8 views ``(num_views, S, S, 3)`` of one RGB image, in the original order."""
         width, height = image.size
-        grid_w, grid_h = select_best_grid(width, height, num_crops, crop)
+        grid_w, grid_h = self.get_image_grid(height, width, num_crops, square_grid, crop)
         resample = PILImageResampling(resample) if resample is not None else PILImageResampling.BICUBIC
 
         def stretched(cols: int, rows: int) -> np.ndarray:
@@ -299,6 +315,7 @@ class DeepStackImageProcessor(PilBackend):
         return_tensors: str | TensorType | None,
         num_crops: int,
         hd_layout: bool,
+        square_grid: bool | None = None,
         do_convert_rgb: bool | None = True,
         input_data_format: str | ChannelDimension | None = None,
         **kwargs,
@@ -314,7 +331,7 @@ class DeepStackImageProcessor(PilBackend):
         pixel_values, image_sizes = [], []
         for image in images:
             rgb = self.to_rgb_pil(image, input_data_format, do_convert_rgb is not False)
-            views = self.image_views(rgb, crop, num_crops, bool(hd_layout), resample)
+            views = self.image_views(rgb, crop, num_crops, bool(hd_layout), resample, square_grid)
             if do_rescale:
                 # the original's rescale: uint8 * scale in float64, then cast to float32
                 values = (views * rescale_factor).astype(np.float32)

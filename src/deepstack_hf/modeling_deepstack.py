@@ -24,7 +24,7 @@ from transformers.utils.generic import can_return_tuple, merge_with_config_defau
 
 from ._compat import select_hidden_states, slice_logits_to_keep
 from .configuration_deepstack import DeepStackConfig
-from .grid_layout import num_views, select_best_grid
+from .grid_layout import image_grid, num_views
 from .quantization import apply_default_bnb_skip_modules
 from .modeling_deepstack_text import text_model_class
 from .stack_layout import hd_layout, plain_layout
@@ -164,7 +164,8 @@ class DeepStackModel(DeepStackPreTrainedModel):
                 f"pixel_values has {pixel_values.shape[0]} images but image_sizes has {image_sizes.shape[0]}."
             )
         crop_size, num_crops = self.config.vision_config.image_size, self.config.num_crops
-        grids = [select_best_grid(width, height, num_crops, crop_size) for height, width in image_sizes.tolist()]
+        square = self.config.square_grid
+        grids = [image_grid(width, height, num_crops, crop_size, square) for height, width in image_sizes.tolist()]
         counts = [num_views(grid, num_crops, self.config.hd_layout) for grid in grids]
         if max(counts) > pixel_values.shape[1]:
             raise ValueError(

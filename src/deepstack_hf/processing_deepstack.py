@@ -15,7 +15,7 @@ import numpy as np
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import MultiModalData, ProcessingKwargs, ProcessorMixin
 
-from .grid_layout import num_image_tokens, num_views, select_best_grid
+from .grid_layout import num_image_tokens, num_views
 from .image_processing_deepstack import _flatten_images
 from .tokenization import slow_compatible_text
 
@@ -74,10 +74,15 @@ class DeepStackProcessor(ProcessorMixin):
         patch_size = int(images_kwargs.get("patch_size") or image_processor.patch_size)
         return num_crops, hd_layout, int(crop), patch_size
 
+    def _image_grid(self, height: int, width: int, num_crops: int, crop: int, images_kwargs: dict) -> tuple[int, int]:
+        """The image processor's grid rule, with the call's `square_grid` / `num_crops` / crop size."""
+        square_grid = images_kwargs.get("square_grid")
+        return self.image_processor.get_image_grid(height, width, num_crops, square_grid, crop)
+
     def get_number_of_image_tokens(self, height: int, width: int, **images_kwargs) -> int:
         """Visual tokens one image of this original size occupies in the prompt."""
         num_crops, hd_layout, crop, patch_size = self._image_settings(images_kwargs)
-        grid = select_best_grid(int(width), int(height), num_crops, crop)
+        grid = self._image_grid(height, width, num_crops, crop, images_kwargs)
         return num_image_tokens(grid, hd_layout, crop // patch_size)
 
     def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs) -> MultiModalData:
@@ -88,7 +93,7 @@ class DeepStackProcessor(ProcessorMixin):
             num_crops, hd_layout, crop, patch_size = self._image_settings(images_kwargs)
             tokens, patches = [], []
             for height, width in image_sizes:
-                grid = select_best_grid(int(width), int(height), num_crops, crop)
+                grid = self._image_grid(height, width, num_crops, crop, images_kwargs)
                 tokens.append(num_image_tokens(grid, hd_layout, crop // patch_size))
                 patches.append(num_views(grid, num_crops, hd_layout))
             vision_data.update({"num_image_tokens": tokens, "num_image_patches": patches})

@@ -6,6 +6,7 @@ name, each one this port does not implement. `build_deepstack_config` then assem
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -33,11 +34,13 @@ ORIGINAL_DEFAULTS = {
     "s2": False,
 }
 
+# `deepstack_args_for_ablation` items that are real options, mapped by `read_original_settings`.
+SQUARE_GRID_OPTION = "2xsample"
+
 # Research options of the original code that this port does not implement (`deepstack_args_for_ablation` items).
 KNOWN_ABLATIONS = (
     "deepstack_vit",
     "hires_local",
-    "2xsample",
     "dummy_local",
     "only_global_features",
     "global_and_local",
@@ -83,6 +86,7 @@ class OriginalSettings:
     projector_depth: int
     num_crops: int
     hd_layout: bool
+    square_grid: bool
     sampling: str
     deepstack_start: int
     deepstack_interval: int
@@ -135,7 +139,7 @@ def read_original_settings(config: dict, vision_tower_override: str | None = Non
         )
     text_model_type, template = SUPPORTED_MODEL_TYPES[model_type]
 
-    ablations = ablation_items(config)
+    ablations = [item for item in ablation_items(config) if item != SQUARE_GRID_OPTION]
     if ablations:
         known = [item for item in ablations if item in KNOWN_ABLATIONS or item.startswith("lsvit_start_layer")]
         unknown = [item for item in ablations if item not in known]
@@ -188,6 +192,12 @@ def read_original_settings(config: dict, vision_tower_override: str | None = Non
     num_crops = int(_get(config, "num_crops"))
     if num_crops < 2:
         raise ConversionError(f"num_crops={num_crops} is not supported: DeepStack needs at least 2 crops.")
+    square_grid = SQUARE_GRID_OPTION in ablation_items(config)
+    if square_grid and math.isqrt(num_crops) ** 2 != num_crops:
+        raise ConversionError(
+            f"deepstack_args_for_ablation item {SQUARE_GRID_OPTION!r} with num_crops={num_crops}: the square grid "
+            "needs a square num_crops (the original would silently use fewer crops)."
+        )
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
         if key not in config:
             raise ConversionError(f"config.json lacks the language-model field {key!r}.")
@@ -203,6 +213,7 @@ def read_original_settings(config: dict, vision_tower_override: str | None = Non
         projector_depth=depth,
         num_crops=num_crops,
         hd_layout=hd_layout,
+        square_grid=square_grid,
         sampling=sampling,
         deepstack_start=int(_get(config, "deepstack_start_id")),
         deepstack_interval=int(_get(config, "deepstack_interval")),
@@ -282,6 +293,7 @@ def build_deepstack_config(
         vision_feature_select_strategy="default",
         num_crops=settings.num_crops,
         hd_layout=settings.hd_layout,
+        square_grid=settings.square_grid,
         stack_sampling=settings.sampling,
         deepstack_layers=settings.deepstack_layers,
         image_seq_length=(image_size // patch_size) ** 2,

@@ -147,6 +147,7 @@ def _write_processor(directory: Path, tokenizer, settings: OriginalSettings, pre
         rescale_factor=image_settings["rescale_factor"],
         num_crops=settings.num_crops,
         hd_layout=settings.hd_layout,
+        square_grid=settings.square_grid,
         patch_size=patch_size,
     )
     template = PHI3_INSTRUCT_TEMPLATE if settings.template == "phi3_instruct" else VICUNA_V1_TEMPLATE

@@ -199,10 +199,16 @@ def _tiles(image: Image.Image, size: int) -> list[Image.Image]:
     return [image.crop((x, y, x + size, y + size)) for y in range(0, height, size) for x in range(0, width, size)]
 
 
-def original_views(image: Image.Image, num_crops: int, hd: bool, prep: ClipPreprocessing):
-    """All views of one image in the original order, as pixels (V, 3, S, S), and its grid (w, h)."""
+def original_views(image: Image.Image, num_crops: int, hd: bool, prep: ClipPreprocessing, square: bool = False):
+    """All views of one image in the original order, as pixels (V, 3, S, S), and its grid (w, h).
+
+    `square` is the original's `2xsample`: the grid is (sqrt N, sqrt N) whatever the image's shape.
+    """
     image = image.convert("RGB")
-    w, h = grid_for(image.width, image.height, num_crops, prep.crop)
+    if square:
+        w = h = int(math.isqrt(num_crops))
+    else:
+        w, h = grid_for(image.width, image.height, num_crops, prep.crop)
     canvas = (w * prep.crop, h * prep.crop)
     views = [image.resize((prep.edge, prep.edge))] + _tiles(image.resize(canvas), prep.crop)
     if hd:
@@ -279,6 +285,8 @@ class OriginalDeepStack:
         self.interval = int(cfg.get("deepstack_interval") or 1)
         self.select_layer = int(cfg.get("mm_vision_select_layer", -2) if cfg.get("mm_vision_select_layer") is not None else -2)
         self.projector_type = cfg.get("mm_projector_type") or "linear"
+        self.ablations = str(cfg.get("deepstack_args_for_ablation") or "").split("+")
+        self.square = "2xsample" in self.ablations
 
         self.tensors = {}
         index = self.dir / "model.safetensors.index.json"
@@ -373,7 +381,7 @@ class OriginalDeepStack:
     # ---- features and stacks for one image
     def image_features(self, image: Image.Image):
         """(sequence tokens (T, hidden), [K stacks, each (T, hidden)]) of one image."""
-        pixels, (w, h) = original_views(image, self.num_crops, self.hd, self.prep)
+        pixels, (w, h) = original_views(image, self.num_crops, self.hd, self.prep, self.square)
         feats = self.encode_views(pixels)
         p = int(math.isqrt(feats.shape[1]))
         dim = feats.shape[-1]
