@@ -12,10 +12,10 @@ from .grid_layout import num_stacks, square_grid_for
 @strict
 class DeepStackConfig(PreTrainedConfig):
     r"""
-    Configuration of a DeepStack-L / DeepStack-L-HD model: CLIP vision tower, MLP projector, Llama-family
-    decoder (Llama, Vicuna, Phi-3), and the rule that turns high-resolution crops into stacks that are added
-    to the visual-token hidden states before early decoder layers. Defaults are those of the released
-    `menglc/deepstack-l-vicuna-7b`.
+    Configuration of a DeepStack-L / DeepStack-L-HD / DeepStack-V model: CLIP vision tower, MLP projector,
+    Llama-family decoder (Llama, Vicuna, Phi-3), and the rule that turns high-resolution crops into stacks that are
+    added to the visual-token hidden states before early decoder layers (DeepStack-L) or before layers of the
+    vision tower (DeepStack-V). Defaults are those of the released `menglc/deepstack-l-vicuna-7b`.
 
     Args:
         vision_config (`dict` or `PreTrainedConfig`, *optional*):
@@ -52,6 +52,20 @@ class DeepStackConfig(PreTrainedConfig):
         deepstack_layers (`list[int]`, *optional*):
             Decoder layer (0-based) that receives stack k, just before it runs. Defaults to
             `[1, 2, ..., K]` (original `deepstack_start_id=1`, `deepstack_interval=1`).
+        deepstack_variant (`str`, *optional*, defaults to `"L"`):
+            `"L"`: the stacks go into the decoder (`deepstack_layers`). `"V"` (DeepStack-V, the original's
+            `deepstack_vit`): the `num_crops` stacks are drawn from the local views' vision-tower states at
+            `vision_split_layer` and added to the global view's patch tokens before the vision-tower layers
+            `vision_split_layer, vision_split_layer + 1, ...` (stacks past the last layer are dropped); the decoder
+            gets no stacks. DeepStack-V uses the plain layout, `stack_sampling="2d"` and the square grid.
+        vision_split_layer (`int`, *optional*):
+            DeepStack-V only: index S of the vision-tower layer before which the local views split off (0 = right
+            after `pre_layrnorm`). Defaults to `vision_config.num_hidden_layers // 2`. Indices count the CLIP
+            encoder layers, then the `vision_post_layers` extra ones; S at or past the last layer means no split.
+        vision_post_layers (`int`, *optional*):
+            DeepStack-V only: extra CLIP encoder layers appended after the CLIP encoder (`post_encoder`). Defaults
+            to 5 when `vision_split_layer >= vision_config.num_hidden_layers` (the original's rule), else 0. With
+            extra layers, `vision_feature_layer` must be -1 (the original forces it).
         image_seq_length (`int`, *optional*, defaults to 576):
             Tokens of one 336-pixel view: `(image_size // patch_size) ** 2`.
         tie_word_embeddings (`bool`, *optional*, defaults to `False`):
@@ -85,6 +99,9 @@ class DeepStackConfig(PreTrainedConfig):
     square_grid: bool | None = None
     stack_sampling: str = "2d"
     deepstack_layers: list[int] | None = None
+    deepstack_variant: Literal["L", "V"] = "L"
+    vision_split_layer: int | None = None
+    vision_post_layers: int | None = None
     image_seq_length: int = 576
     tie_word_embeddings: bool = False
 
@@ -92,6 +109,7 @@ class DeepStackConfig(PreTrainedConfig):
         self.vision_config = _build_sub_config(self.vision_config, self.default_vision_config)
         self.text_config = _build_sub_config(self.text_config, {"model_type": "llama"})
         super().__post_init__(**kwargs)
+        self._resolve_vision_stack_fields()
         if self.deepstack_layers is None:
             self.deepstack_layers = list(range(1, 1 + self.num_stacks))
         self.deepstack_layers = [int(layer) for layer in self.deepstack_layers]
@@ -101,8 +119,15 @@ class DeepStackConfig(PreTrainedConfig):
 
     @property
     def num_stacks(self) -> int:
-        """Number of stacks K each image contributes."""
+        """Number of stacks K each image contributes to the decoder (0 for DeepStack-V)."""
+        if self.deepstack_variant == "V":
+            return 0
         return num_stacks(self.num_crops, self.hd_layout)
+
+    @property
+    def num_vision_stacks(self) -> int:
+        """Number of stacks each image contributes to the vision tower (`num_crops` for DeepStack-V, else 0)."""
+        return self.num_crops if self.deepstack_variant == "V" else 0
 
     @property
     def patches_per_side(self) -> int:
@@ -148,6 +173,44 @@ class DeepStackConfig(PreTrainedConfig):
             raise ValueError(f"deepstack_layers {layers} must lie in [0, {depth}) for a {depth}-layer decoder.")
         if any(later <= earlier for earlier, later in zip(layers, layers[1:])):
             raise ValueError(f"deepstack_layers {layers} must be strictly increasing.")
+
+    def _resolve_vision_stack_fields(self):
+        """DeepStack-V defaults (split layer `L // 2`, extra layers, square grid, no decoder stacks) and checks."""
+        if self.deepstack_variant == "L":
+            for name in ("vision_split_layer", "vision_post_layers"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} is a DeepStack-V field; set deepstack_variant='V' to use it.")
+            return
+        tower_depth = self.vision_config.num_hidden_layers
+        if self.hd_layout:
+            raise ValueError("DeepStack-V (deepstack_variant='V') is only defined for the plain layout: hd_layout=False.")
+        if self.stack_sampling != "2d":
+            raise ValueError(f"DeepStack-V draws its stacks with '2d' sampling, got stack_sampling={self.stack_sampling!r}.")
+        if self.square_grid is False:
+            raise ValueError("DeepStack-V needs square_grid=True: its stacks are drawn from a square mosaic of crops.")
+        self.square_grid = True
+        if self.deepstack_layers:
+            raise ValueError(f"DeepStack-V adds no stacks to the decoder, got deepstack_layers={self.deepstack_layers}.")
+        self.deepstack_layers = []
+        if self.vision_split_layer is None:
+            self.vision_split_layer = tower_depth // 2
+        if self.vision_split_layer < 0:
+            raise ValueError(f"vision_split_layer must be at least 0, got {self.vision_split_layer}.")
+        if self.vision_post_layers is None:
+            self.vision_post_layers = 5 if self.vision_split_layer >= tower_depth else 0
+        if self.vision_post_layers < 0:
+            raise ValueError(f"vision_post_layers must be at least 0, got {self.vision_post_layers}.")
+        if self.vision_post_layers and self.vision_feature_layer != -1:
+            raise ValueError(
+                f"With vision_post_layers={self.vision_post_layers} the projector reads the last extra layer's output: "
+                f"set vision_feature_layer=-1 (got {self.vision_feature_layer})."
+            )
+        num_states = tower_depth + self.vision_post_layers + 1
+        if not -num_states <= self.vision_feature_layer < num_states:
+            raise ValueError(
+                f"vision_feature_layer={self.vision_feature_layer} is outside the {num_states} hidden states of the "
+                "DeepStack-V tower."
+            )
 
     def _check_grid_fields(self):
         if self.square_grid is None:
