@@ -218,7 +218,6 @@ REFUSALS = [
         "scaledown_clip",
         "inconsistent",
         "anyres_unpad",
-        "deepstack_vit+lsvit_start_layer_12",
     )
 ]
 
