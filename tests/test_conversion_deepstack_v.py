@@ -111,3 +111,9 @@ def test_extra_layer_weights_without_the_extra_layers_are_refused(tmp_path):
     )
     with pytest.raises(ConversionError, match="post_encoder"):
         convert_checkpoint(synthetic.checkpoint, tmp_path / "out", progress=False)
+
+
+def test_model_card_describes_deepstack_v(converted):
+    _, out, _ = converted[1, True]
+    card = (out / "README.md").read_text()
+    assert "DeepStack-V" in card and "inside the CLIP tower, before its layers 1, 2" in card

@@ -255,6 +255,7 @@ def convert_checkpoint(
             license="mit" if settings.text_model_type == "phi3" else "llama2",
             num_crops=settings.num_crops,
             deepstack_layers=settings.deepstack_layers,
+            vision_split_layer=settings.vision_split_layer,
             suppressed_ids=(suppress[0], suppress[-1]) if suppress else None,
             vision_weights=(
                 "the checkpoint's own copy (`model.vision_tower.vision_tower.*`)"
