@@ -210,7 +210,7 @@ REFUSALS = [
     for flag in (
         "deepstack_vit",
         "hires_local",
-        "2xsample",
+        "2xsample+hires_local",
         "dummy_local",
         "only_global_features",
         "global_and_local",
@@ -219,7 +219,6 @@ REFUSALS = [
         "scaledown_clip",
         "inconsistent",
         "anyres_unpad",
-        "deepstack_vit+lsvit_start_layer_12",
     )
 ]
 

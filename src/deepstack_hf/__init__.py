@@ -17,6 +17,7 @@ from .configuration_deepstack import DeepStackConfig
 from .image_processing_deepstack import DeepStackImageProcessor
 from .modeling_deepstack import DeepStackForConditionalGeneration, DeepStackModel, DeepStackPreTrainedModel
 from .modeling_deepstack_text import SUPPORTED_TEXT_MODELS
+from .modeling_deepstack_vision import DeepStackVisionModel
 from .processing_deepstack import DeepStackProcessor
 
 AutoConfig.register(DeepStackConfig.model_type, DeepStackConfig, exist_ok=True)
@@ -33,4 +34,5 @@ __all__ = [
     "DeepStackModel",
     "DeepStackPreTrainedModel",
     "DeepStackProcessor",
+    "DeepStackVisionModel",
 ]

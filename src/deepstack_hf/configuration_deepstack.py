@@ -6,7 +6,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import CONFIG_MAPPING, AutoConfig, PreTrainedConfig
 from transformers.activations import ACT2FN
 
-from .grid_layout import check_num_crops, num_stacks
+from .grid_layout import check_num_crops, num_stacks, square_grid_for
 
 MAX_PROJECTOR_DEPTH = 16
 
@@ -20,10 +20,10 @@ def _short(value) -> str:
 @strict
 class DeepStackConfig(PreTrainedConfig):
     r"""
-    Configuration of a DeepStack-L / DeepStack-L-HD model: CLIP vision tower, MLP projector, Llama-family
-    decoder (Llama, Vicuna, Phi-3), and the rule that turns high-resolution crops into stacks that are added
-    to the visual-token hidden states before early decoder layers. Defaults are those of the released
-    `menglc/deepstack-l-vicuna-7b`.
+    Configuration of a DeepStack-L / DeepStack-L-HD / DeepStack-V model: CLIP vision tower, MLP projector,
+    Llama-family decoder (Llama, Vicuna, Phi-3), and the rule that turns high-resolution crops into stacks that are
+    added to the visual-token hidden states before early decoder layers (DeepStack-L) or before layers of the
+    vision tower (DeepStack-V). Defaults are those of the released `menglc/deepstack-l-vicuna-7b`.
 
     Args:
         vision_config (`dict` or `PreTrainedConfig`, *optional*):
@@ -48,6 +48,11 @@ class DeepStackConfig(PreTrainedConfig):
         hd_layout (`bool`, *optional*, defaults to `False`):
             DeepStack-L-HD layout (`is_anyres_deepstack`): LLaVA-NeXT-style sequence with `image_newline`,
             stacks drawn from 2x-upsampled sub-crops.
+        square_grid (`bool`, *optional*):
+            Give every image the square crop grid `(sqrt(num_crops), sqrt(num_crops))` whatever its aspect ratio
+            (the original's `2xsample` option) instead of the best-fitting grid; `num_crops` must then be a square
+            number. Applies to the plain, HD and DeepStack-V layouts. Defaults to `False` (`True` for DeepStack-V,
+            which needs it). The image processor has the same option: both must agree.
         stack_sampling (`str`, *optional*, defaults to `"2d"`):
             How plain-layout stacks are drawn from the high-resolution map: `"2d"` (strided rows and columns,
             the released rule), `"1d"` (strided over the flattened map) or `"grid"` (one crop per stack).
@@ -55,6 +60,20 @@ class DeepStackConfig(PreTrainedConfig):
         deepstack_layers (`list[int]`, *optional*):
             Decoder layer (0-based) that receives stack k, just before it runs. Defaults to
             `[1, 2, ..., K]` (original `deepstack_start_id=1`, `deepstack_interval=1`).
+        deepstack_variant (`str`, *optional*, defaults to `"L"`):
+            `"L"`: the stacks go into the decoder (`deepstack_layers`). `"V"` (DeepStack-V, the original's
+            `deepstack_vit`): the `num_crops` stacks are drawn from the local views' vision-tower states at
+            `vision_split_layer` and added to the global view's patch tokens before the vision-tower layers
+            `vision_split_layer, vision_split_layer + 1, ...` (stacks past the last layer are dropped); the decoder
+            gets no stacks. DeepStack-V uses the plain layout, `stack_sampling="2d"` and the square grid.
+        vision_split_layer (`int`, *optional*):
+            DeepStack-V only: index S of the vision-tower layer before which the local views split off (0 = right
+            after `pre_layrnorm`). Defaults to `vision_config.num_hidden_layers // 2`. Indices count the CLIP
+            encoder layers, then the `vision_post_layers` extra ones; S at or past the last layer means no split.
+        vision_post_layers (`int`, *optional*):
+            DeepStack-V only: extra CLIP encoder layers appended after the CLIP encoder (`post_encoder`). Defaults
+            to 5 when `vision_split_layer >= vision_config.num_hidden_layers` (the original's rule), else 0. With
+            extra layers, `vision_feature_layer` must be -1 (the original forces it).
         image_seq_length (`int`, *optional*, defaults to 576):
             Tokens of one 336-pixel view: `(image_size // patch_size) ** 2`.
         tie_word_embeddings (`bool`, *optional*, defaults to `False`):
@@ -85,8 +104,12 @@ class DeepStackConfig(PreTrainedConfig):
     vision_feature_select_strategy: Literal["default", "full"] = "default"
     num_crops: int = 4
     hd_layout: bool = False
+    square_grid: bool | None = None
     stack_sampling: str = "2d"
     deepstack_layers: list[int] | None = None
+    deepstack_variant: Literal["L", "V"] = "L"
+    vision_split_layer: int | None = None
+    vision_post_layers: int | None = None
     image_seq_length: int = 576
     tie_word_embeddings: bool = False
 
@@ -95,16 +118,25 @@ class DeepStackConfig(PreTrainedConfig):
         self.text_config = _build_sub_config(self.text_config, {"model_type": "llama"})
         super().__post_init__(**kwargs)
         check_num_crops(self.num_crops)  # bounds num_stacks before the default layer list is built from it
+        self._resolve_vision_stack_fields()
         if self.deepstack_layers is None:
             self.deepstack_layers = list(range(1, 1 + self.num_stacks))
         self.deepstack_layers = [int(layer) for layer in self.deepstack_layers]
         self._check_vision_fields()
         self._check_stack_fields()
+        self._check_grid_fields()
 
     @property
     def num_stacks(self) -> int:
-        """Number of stacks K each image contributes."""
+        """Number of stacks K each image contributes to the decoder (0 for DeepStack-V)."""
+        if self.deepstack_variant == "V":
+            return 0
         return num_stacks(self.num_crops, self.hd_layout)
+
+    @property
+    def num_vision_stacks(self) -> int:
+        """Number of stacks each image contributes to the vision tower (`num_crops` for DeepStack-V, else 0)."""
+        return self.num_crops if self.deepstack_variant == "V" else 0
 
     @property
     def patches_per_side(self) -> int:
@@ -129,7 +161,7 @@ class DeepStackConfig(PreTrainedConfig):
             )
         if not 1 <= self.projector_depth <= MAX_PROJECTOR_DEPTH:
             raise ValueError(f"projector_depth={_short(self.projector_depth)} is not allowed; expected [1, {MAX_PROJECTOR_DEPTH}].")
-        tower_layers = self.vision_config.num_hidden_layers
+        tower_layers = self.vision_config.num_hidden_layers + (self.vision_post_layers or 0)
         if not -(tower_layers + 1) <= self.vision_feature_layer <= tower_layers:
             raise ValueError(
                 f"vision_feature_layer={self.vision_feature_layer} is not allowed; the {tower_layers}-layer vision "
@@ -157,6 +189,44 @@ class DeepStackConfig(PreTrainedConfig):
             raise ValueError(f"deepstack_layers={_short(layers)} must lie in [0, {depth}) for a {depth}-layer decoder.")
         if any(later <= earlier for earlier, later in zip(layers, layers[1:])):
             raise ValueError(f"deepstack_layers={_short(layers)} must be strictly increasing.")
+
+    def _resolve_vision_stack_fields(self):
+        """DeepStack-V defaults (split layer `L // 2`, extra layers, square grid, no decoder stacks) and checks."""
+        if self.deepstack_variant == "L":
+            for name in ("vision_split_layer", "vision_post_layers"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} is a DeepStack-V field; set deepstack_variant='V' to use it.")
+            return
+        tower_depth = self.vision_config.num_hidden_layers
+        if self.hd_layout:
+            raise ValueError("DeepStack-V (deepstack_variant='V') is only defined for the plain layout: hd_layout=False.")
+        if self.stack_sampling != "2d":
+            raise ValueError(f"DeepStack-V draws its stacks with '2d' sampling, got stack_sampling={self.stack_sampling!r}.")
+        if self.square_grid is False:
+            raise ValueError("DeepStack-V needs square_grid=True: its stacks are drawn from a square mosaic of crops.")
+        self.square_grid = True
+        if self.deepstack_layers:
+            raise ValueError(f"DeepStack-V adds no stacks to the decoder, got deepstack_layers={self.deepstack_layers}.")
+        self.deepstack_layers = []
+        if self.vision_split_layer is None:
+            self.vision_split_layer = tower_depth // 2
+        if self.vision_split_layer < 0:
+            raise ValueError(f"vision_split_layer must be at least 0, got {self.vision_split_layer}.")
+        if self.vision_post_layers is None:
+            self.vision_post_layers = 5 if self.vision_split_layer >= tower_depth else 0
+        if self.vision_post_layers < 0:
+            raise ValueError(f"vision_post_layers must be at least 0, got {self.vision_post_layers}.")
+        if self.vision_post_layers and self.vision_feature_layer != -1:
+            raise ValueError(
+                f"With vision_post_layers={self.vision_post_layers} the projector reads the last extra layer's output: "
+                f"set vision_feature_layer=-1 (got {self.vision_feature_layer})."
+            )
+
+    def _check_grid_fields(self):
+        if self.square_grid is None:
+            self.square_grid = False
+        if self.square_grid:
+            square_grid_for(self.num_crops)
 
 
 def _build_sub_config(value: dict | PreTrainedConfig | None, default: dict) -> PreTrainedConfig:

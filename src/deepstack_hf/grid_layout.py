@@ -49,6 +49,28 @@ def select_best_grid(image_width: int, image_height: int, num_crops: int, crop_s
     return best_grid
 
 
+def square_grid_for(num_crops: int) -> tuple[int, int]:
+    """The square grid ``(sqrt N, sqrt N)`` (the original's ``2xsample``); ``num_crops`` must be a square number."""
+    side = math.isqrt(num_crops)
+    if num_crops < 4 or side * side != num_crops:
+        raise ValueError(f"The square grid needs num_crops to be a square number of at least 4, got {num_crops}.")
+    return side, side
+
+
+def image_grid(
+    image_width: int, image_height: int, num_crops: int, crop_size: int, square_grid: bool = False
+) -> tuple[int, int]:
+    """The crop grid ``(w, h)`` of one image: the square grid when ``square_grid``, else [`select_best_grid`].
+
+    The single rule the image processor, the processor (token counts) and the model (layouts) all call.
+    """
+    if square_grid:
+        if image_width < 1 or image_height < 1:
+            raise ValueError(f"Image size must be at least 1x1 pixels, got {image_width}x{image_height}.")
+        return square_grid_for(num_crops)
+    return select_best_grid(image_width, image_height, num_crops, crop_size)
+
+
 def hd_upsample_factor(num_crops: int) -> int:
     """Side length of the sub-crop grid each HD view is split into: ``int(sqrt(num_crops))``."""
     return math.isqrt(num_crops)

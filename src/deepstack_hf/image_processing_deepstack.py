@@ -34,7 +34,7 @@ from transformers.image_utils import (
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import TensorType
 
-from .grid_layout import hd_upsample_factor, num_image_tokens, num_views, select_best_grid
+from .grid_layout import hd_upsample_factor, image_grid, num_image_tokens, num_views
 
 
 class DeepStackImageProcessorKwargs(ImagesKwargs, total=False):
@@ -46,11 +46,15 @@ class DeepStackImageProcessorKwargs(ImagesKwargs, total=False):
         Emit the DeepStack-L-HD views (sequence views, then 2x-upsampled sub-crops) instead of the plain ones.
     patch_size (`int`, *optional*, defaults to `self.patch_size`):
         Vision-tower patch size; only used to count visual tokens.
+    square_grid (`bool`, *optional*, defaults to `self.square_grid`):
+        Give every image the square grid `(sqrt(num_crops), sqrt(num_crops))` instead of the best-fitting one
+        (the original's `2xsample`; DeepStack-V needs it). Must match the model config's `square_grid`.
     """
 
     num_crops: int
     hd_layout: bool
     patch_size: int
+    square_grid: bool
 
 
 def _flatten_images(images) -> list:
@@ -149,6 +153,7 @@ class DeepStackImageProcessor(PilBackend):
     num_crops = 4
     hd_layout = False
     patch_size = 14
+    square_grid = False
 
     def __init__(self, **kwargs: Unpack[DeepStackImageProcessorKwargs]):
         super().__init__(**kwargs)
@@ -167,24 +172,46 @@ class DeepStackImageProcessor(PilBackend):
             raise ValueError(f"crop_size {crop_size.height} must be a multiple of patch_size {patch_size}.")
         return int(crop_size.height)
 
-    def get_image_grid(self, height: int, width: int, num_crops: int | None = None) -> tuple[int, int]:
-        """Best crop grid ``(grid_width, grid_height)`` for an image of this size (SPEC's LLaVA-NeXT rule)."""
+    def get_image_grid(
+        self,
+        height: int,
+        width: int,
+        num_crops: int | None = None,
+        square_grid: bool | None = None,
+        crop: int | None = None,
+    ) -> tuple[int, int]:
+        """Crop grid ``(grid_width, grid_height)`` for an image of this size: SPEC's LLaVA-NeXT rule, or the square
+        grid with ``square_grid`` (see :func:`~deepstack_hf.grid_layout.image_grid`)."""
         num_crops = self.num_crops if num_crops is None else num_crops
-        return select_best_grid(int(width), int(height), num_crops, self.crop_size.height)
+        square_grid = self.square_grid if square_grid is None else square_grid
+        crop = self.crop_size.height if crop is None else crop
+        return image_grid(int(width), int(height), num_crops, crop, bool(square_grid))
 
-    def get_num_views(self, height: int, width: int, num_crops: int | None = None, hd_layout: bool | None = None) -> int:
+    def get_num_views(
+        self,
+        height: int,
+        width: int,
+        num_crops: int | None = None,
+        hd_layout: bool | None = None,
+        square_grid: bool | None = None,
+    ) -> int:
         """Views (``S x S`` crops) this processor emits for one image of this size."""
         num_crops = self.num_crops if num_crops is None else num_crops
         hd_layout = self.hd_layout if hd_layout is None else hd_layout
-        return num_views(self.get_image_grid(height, width, num_crops), num_crops, hd_layout)
+        return num_views(self.get_image_grid(height, width, num_crops, square_grid), num_crops, hd_layout)
 
     def get_number_of_image_tokens(
-        self, height: int, width: int, num_crops: int | None = None, hd_layout: bool | None = None
+        self,
+        height: int,
+        width: int,
+        num_crops: int | None = None,
+        hd_layout: bool | None = None,
+        square_grid: bool | None = None,
     ) -> int:
         """Visual tokens the model puts in the sequence for one image of this size (576 plain at 336/14)."""
         num_crops = self.num_crops if num_crops is None else num_crops
         hd_layout = self.hd_layout if hd_layout is None else hd_layout
-        grid = self.get_image_grid(height, width, num_crops)
+        grid = self.get_image_grid(height, width, num_crops, square_grid)
         return num_image_tokens(grid, hd_layout, self.crop_size.height // self.patch_size)
 
     # ------------------------------------------------------------------ input handling
@@ -268,7 +295,7 @@ class DeepStackImageProcessor(PilBackend):
         ``grid`` is the image's crop grid ``(w, h)`` when the caller has already chosen it.
         """
         width, height = image.size
-        grid_w, grid_h = grid or select_best_grid(width, height, num_crops, crop)
+        grid_w, grid_h = grid or self.get_image_grid(height, width, num_crops, crop=crop)
         resample = PILImageResampling(resample) if resample is not None else PILImageResampling.BICUBIC
 
         def stretched(cols: int, rows: int) -> np.ndarray:
@@ -305,6 +332,7 @@ class DeepStackImageProcessor(PilBackend):
         return_tensors: str | TensorType | None,
         num_crops: int,
         hd_layout: bool,
+        square_grid: bool | None = None,
         do_convert_rgb: bool | None = True,
         input_data_format: str | ChannelDimension | None = None,
         **kwargs,
@@ -321,7 +349,7 @@ class DeepStackImageProcessor(PilBackend):
         pixel_values, image_sizes, token_counts = [], [], []
         for image in images:
             rgb = self.to_rgb_pil(image, input_data_format, do_convert_rgb is not False)
-            grid = select_best_grid(*rgb.size, num_crops, crop)
+            grid = self.get_image_grid(rgb.height, rgb.width, num_crops, square_grid, crop)
             token_counts.append(num_image_tokens(grid, bool(hd_layout), crop // patch_size))
             views = self.image_views(rgb, crop, num_crops, bool(hd_layout), resample, grid=grid)
             if do_rescale:

@@ -4,6 +4,8 @@ CLIP encodes every view of an image, the projector maps each view to `p*p` decod
 [`stack_layout`](./stack_layout.py) splits one image's views into the tokens that go into the prompt sequence
 and K stacks of the same length. Stack k is added to the hidden states at the visual positions just before
 decoder layer `config.deepstack_layers[k]` ([`modeling_deepstack_text`](./modeling_deepstack_text.py)).
+DeepStack-V (`config.deepstack_variant == "V"`) adds its stacks inside the vision tower instead
+([`modeling_deepstack_vision`](./modeling_deepstack_vision.py)); its decoder gets none.
 """
 
 import math
@@ -24,9 +26,10 @@ from transformers.utils.generic import can_return_tuple, merge_with_config_defau
 
 from ._compat import select_hidden_states, slice_logits_to_keep
 from .configuration_deepstack import DeepStackConfig
-from .grid_layout import num_views, select_best_grid
+from .grid_layout import image_grid, num_views
 from .quantization import apply_default_bnb_skip_modules
 from .modeling_deepstack_text import text_model_class
+from .modeling_deepstack_vision import DeepStackVisionModel
 from .stack_layout import hd_layout, plain_layout
 
 
@@ -134,12 +137,24 @@ class DeepStackModel(DeepStackPreTrainedModel):
 
     def __init__(self, config: DeepStackConfig):
         super().__init__(config)
-        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.vision_tower = self.build_vision_tower(config)
         self.multi_modal_projector = DeepStackMultiModalProjector(config)
         hidden_size = config.text_config.hidden_size
         self.image_newline = nn.Parameter(torch.empty(hidden_size)) if config.hd_layout else None
         self.language_model = text_model_class(config.text_config.model_type)(config.text_config)
         self.post_init()
+
+    @staticmethod
+    def build_vision_tower(config: DeepStackConfig) -> PreTrainedModel:
+        """CLIP (`CLIPVisionModel`) for DeepStack-L, [`DeepStackVisionModel`] (stacks inside the tower) for DeepStack-V."""
+        if config.deepstack_variant == "V":
+            return DeepStackVisionModel._from_config(
+                config.vision_config,
+                split_layer=config.vision_split_layer,
+                num_stacks=config.num_vision_stacks,
+                num_post_layers=config.vision_post_layers,
+            )
+        return AutoModel.from_config(config.vision_config)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
@@ -164,7 +179,8 @@ class DeepStackModel(DeepStackPreTrainedModel):
                 f"pixel_values has {pixel_values.shape[0]} images but image_sizes has {image_sizes.shape[0]}."
             )
         crop_size, num_crops = self.config.vision_config.image_size, self.config.num_crops
-        grids = [select_best_grid(width, height, num_crops, crop_size) for height, width in image_sizes.tolist()]
+        square = self.config.square_grid
+        grids = [image_grid(width, height, num_crops, crop_size, square) for height, width in image_sizes.tolist()]
         counts = [num_views(grid, num_crops, self.config.hd_layout) for grid in grids]
         if max(counts) > pixel_values.shape[1]:
             raise ValueError(
@@ -184,7 +200,9 @@ class DeepStackModel(DeepStackPreTrainedModel):
         **kwargs: Unpack[TransformersKwargs],
     ) -> DeepStackImageFeaturesOutput:
         r"""
-        Encodes every real view, projects it and lays each image out into sequence features and K stacks.
+        Encodes every real view, projects it and lays each image out into sequence features and K stacks. For
+        DeepStack-V the tower consumes the local views itself and returns the global views only: each image gets its
+        global view's features and no decoder stacks (`deepstack_features == []`).
 
         Args:
             pixel_values: `(num_images, max_views, 3, S, S)`, each image's views in processor order, then zero padding.
@@ -198,6 +216,8 @@ class DeepStackModel(DeepStackPreTrainedModel):
         views, counts, grids = self.real_views(pixel_values, image_sizes)
         image_outputs = self.vision_tower(views.to(self.vision_tower.dtype), return_dict=True, **kwargs)
         view_features = self.multi_modal_projector(image_outputs.hidden_states[vision_feature_layer][:, 1:])
+        if self.config.deepstack_variant == "V":
+            counts = [1] * len(counts)  # one global view per image comes out of the DeepStack-V tower
         layouts = [self.layout_image(*args) for args in zip(view_features.split(counts), grids)]
         sequences, stacks = zip(*layouts)
         return DeepStackImageFeaturesOutput(
@@ -210,6 +230,8 @@ class DeepStackModel(DeepStackPreTrainedModel):
 
     def layout_image(self, views: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """One image's projected views `(num_views, p*p, D)` -> sequence `(T, D)` and stacks `(K, T, D)`."""
+        if self.config.deepstack_variant == "V":
+            return views[0], views.new_zeros(0, *views.shape[1:])
         if self.config.hd_layout:
             return hd_layout(views, grid, self.config.num_crops, self.image_newline)
         return plain_layout(views, grid, self.config.num_crops, self.config.stack_sampling)

@@ -177,7 +177,7 @@ class DeepStackProcessor(ProcessorMixin):
         vision_data = {}
         if image_sizes is not None:
             images_kwargs = self._merge_kwargs(self.valid_processor_kwargs, **kwargs)["images_kwargs"]
-            settings = {key: images_kwargs.get(key) for key in ("num_crops", "hd_layout")}
+            settings = {key: images_kwargs.get(key) for key in ("num_crops", "hd_layout", "square_grid")}
             tokens = [self.image_processor.get_number_of_image_tokens(h, w, **settings) for h, w in image_sizes]
             views = [self.image_processor.get_num_views(h, w, **settings) for h, w in image_sizes]
             vision_data.update({"num_image_tokens": tokens, "num_image_patches": views})

@@ -26,7 +26,7 @@ def tile_views(views: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """
     grid_w, grid_h = grid
     side = math.isqrt(views.shape[1])
-    tiles = views.view(grid_h, grid_w, side, side, -1)
+    tiles = views.reshape(grid_h, grid_w, side, side, -1)
     return tiles.permute(0, 2, 1, 3, 4).reshape(grid_h * side, grid_w * side, -1)
 
 
@@ -76,6 +76,24 @@ def plain_layout(
     return views[0], torch.cat([stacks, missing])
 
 
+def vision_tower_stacks(local_states: torch.Tensor) -> torch.Tensor:
+    """DeepStack-V: the stacks of every image from its local views' vision-tower states at the split layer.
+
+    The `n*n` local views of an image (CLS dropped) are tiled into a `(n*p) x (n*p)` mosaic, crop `r*n + c` at
+    block `(r, c)`; stack `k = a*n + b` is mosaic rows `a::n`, columns `b::n`, row-major: the plain layout's
+    `"2d"` sampling on the square grid `(n, n)`.
+
+    Args:
+        local_states: `(num_images, n*n, p*p, C)`, each image's crops row-major.
+
+    Returns:
+        `(num_images, n*n, p*p, C)`: stack k of image i at `[i, k]`.
+    """
+    side = math.isqrt(local_states.shape[1])
+    grid = (side, side)
+    return torch.stack([sample_stacks(tile_views(views, grid), grid, "2d") for views in local_states])
+
+
 def hd_sequence(views: torch.Tensor, grid: tuple[int, int], image_newline: torch.Tensor) -> torch.Tensor:
     """LLaVA-NeXT's layout without unpadding: base view, then the grid map with `image_newline` after each row.
 
@@ -122,4 +140,4 @@ def hd_layout(
     return hd_sequence(views[:sequence_views], grid, image_newline), torch.stack(stacks)
 
 
-__all__ = ["hd_layout", "hd_sequence", "plain_layout", "sample_stacks", "tile_views"]
+__all__ = ["hd_layout", "hd_sequence", "plain_layout", "sample_stacks", "tile_views", "vision_tower_stacks"]

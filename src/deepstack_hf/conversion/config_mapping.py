@@ -6,6 +6,7 @@ name, each one this port does not implement. `build_deepstack_config` then assem
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -33,11 +34,15 @@ ORIGINAL_DEFAULTS = {
     "s2": False,
 }
 
+# `deepstack_args_for_ablation` items that are real options, mapped by `read_original_settings`.
+SQUARE_GRID_OPTION = "2xsample"
+VISION_STACKS_OPTION = "deepstack_vit"  # DeepStack-V
+SPLIT_LAYER_PREFIX = "lsvit_start_layer_"  # DeepStack-V's split layer S, e.g. `lsvit_start_layer_12`
+ORIGINAL_POST_LAYERS = 5  # extra CLIP layers the original appends when S >= L
+
 # Research options of the original code that this port does not implement (`deepstack_args_for_ablation` items).
 KNOWN_ABLATIONS = (
-    "deepstack_vit",
     "hires_local",
-    "2xsample",
     "dummy_local",
     "only_global_features",
     "global_and_local",
@@ -83,6 +88,8 @@ class OriginalSettings:
     projector_depth: int
     num_crops: int
     hd_layout: bool
+    square_grid: bool
+    vision_split_layer: int | None
     sampling: str
     deepstack_start: int
     deepstack_interval: int
@@ -91,8 +98,13 @@ class OriginalSettings:
     tie_word_embeddings: bool
 
     @property
+    def vision_stacks(self) -> bool:
+        """DeepStack-V (`deepstack_vit`): the stacks go into the vision tower, the decoder gets none."""
+        return self.vision_split_layer is not None
+
+    @property
     def num_stacks(self) -> int:
-        return num_stacks(self.num_crops, self.hd_layout)
+        return 0 if self.vision_stacks else num_stacks(self.num_crops, self.hd_layout)
 
     @property
     def deepstack_layers(self) -> list[int]:
@@ -135,7 +147,7 @@ def read_original_settings(config: dict, vision_tower_override: str | None = Non
         )
     text_model_type, template = SUPPORTED_MODEL_TYPES[model_type]
 
-    ablations = ablation_items(config)
+    ablations = [item for item in ablation_items(config) if not _is_implemented_option(item)]
     if ablations:
         known = [item for item in ablations if item in KNOWN_ABLATIONS or item.startswith("lsvit_start_layer")]
         unknown = [item for item in ablations if item not in known]
@@ -188,6 +200,13 @@ def read_original_settings(config: dict, vision_tower_override: str | None = Non
     num_crops = int(_get(config, "num_crops"))
     if num_crops < 2:
         raise ConversionError(f"num_crops={num_crops} is not supported: DeepStack needs at least 2 crops.")
+    vision_split_layer = read_vision_split_layer(config, hd_layout, num_crops)
+    square_grid = SQUARE_GRID_OPTION in ablation_items(config) or vision_split_layer is not None
+    if square_grid and math.isqrt(num_crops) ** 2 != num_crops:
+        raise ConversionError(
+            f"deepstack_args_for_ablation item {SQUARE_GRID_OPTION!r} with num_crops={num_crops}: the square grid "
+            "needs a square num_crops (the original would silently use fewer crops)."
+        )
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
         if key not in config:
             raise ConversionError(f"config.json lacks the language-model field {key!r}.")
@@ -203,6 +222,8 @@ def read_original_settings(config: dict, vision_tower_override: str | None = Non
         projector_depth=depth,
         num_crops=num_crops,
         hd_layout=hd_layout,
+        square_grid=square_grid,
+        vision_split_layer=vision_split_layer,
         sampling=sampling,
         deepstack_start=int(_get(config, "deepstack_start_id")),
         deepstack_interval=int(_get(config, "deepstack_interval")),
@@ -211,6 +232,8 @@ def read_original_settings(config: dict, vision_tower_override: str | None = Non
         tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
     )
     layers = settings.deepstack_layers
+    if settings.vision_stacks:  # deepstack_start_id / _interval are unused by DeepStack-V
+        return settings
     if settings.deepstack_interval < 1 or settings.deepstack_start < 0 or layers[-1] >= settings.num_layers:
         raise ConversionError(
             f"deepstack_start_id={settings.deepstack_start}, deepstack_interval={settings.deepstack_interval} put the "
@@ -218,6 +241,77 @@ def read_original_settings(config: dict, vision_tower_override: str | None = Non
             "(the original silently drops such stacks; this port does not)."
         )
     return settings
+
+
+def _is_implemented_option(item: str) -> bool:
+    return item in (SQUARE_GRID_OPTION, VISION_STACKS_OPTION) or item.startswith(SPLIT_LAYER_PREFIX)
+
+
+def read_vision_split_layer(config: dict, hd_layout: bool, num_crops: int) -> int | None:
+    """DeepStack-V's split layer S from `deepstack_vit` + `lsvit_start_layer_S`; `None` for DeepStack-L.
+
+    Refuses, by name, what the original cannot run: a bare `deepstack_vit` (its loader compares `None >= L` and
+    crashes), several or malformed `lsvit_start_layer_*` items, a split layer without `deepstack_vit`, the HD
+    layout and a non-square `num_crops`.
+    """
+    items = ablation_items(config)
+    splits = [item for item in items if item.startswith(SPLIT_LAYER_PREFIX)]
+    if VISION_STACKS_OPTION not in items:
+        if splits:
+            raise ConversionError(
+                f"deepstack_args_for_ablation item {splits[0]!r} without {VISION_STACKS_OPTION!r}: the split layer "
+                "only exists for DeepStack-V."
+            )
+        return None
+    if not splits:
+        raise ConversionError(
+            f"deepstack_args_for_ablation={config.get('deepstack_args_for_ablation')!r}: a bare {VISION_STACKS_OPTION!r} "
+            f"(no '{SPLIT_LAYER_PREFIX}S') cannot be loaded by the original code (it compares None with the number of "
+            "vision layers and crashes), so no checkpoint of it exists."
+        )
+    if len(splits) > 1:
+        raise ConversionError(f"Several DeepStack-V split layers {splits}: the original accepts at most one.")
+    value = splits[0][len(SPLIT_LAYER_PREFIX) :]
+    if not value.isdigit():
+        raise ConversionError(f"deepstack_args_for_ablation item {splits[0]!r}: the split layer must be an integer >= 0.")
+    if hd_layout:
+        raise ConversionError(
+            f"{VISION_STACKS_OPTION!r} with is_anyres_deepstack=True: DeepStack-V with the HD layout crashes in the "
+            "original code and is not defined."
+        )
+    if math.isqrt(num_crops) ** 2 != num_crops:
+        raise ConversionError(
+            f"{VISION_STACKS_OPTION!r} with num_crops={num_crops}: DeepStack-V tiles its crops into a square mosaic "
+            "and needs a square num_crops."
+        )
+    return int(value)
+
+
+def vision_stack_config_fields(settings: OriginalSettings, vision_config: dict) -> dict:
+    """`DeepStackConfig` fields of DeepStack-V (empty for DeepStack-L): variant, split layer, extra layers.
+
+    With S >= L the original appends 5 CLIP layers whose weights it loads from the checkpoint only when
+    `unfreeze_mm_vision_tower` is true (otherwise they are random): such a checkpoint is refused.
+    """
+    if not settings.vision_stacks:
+        return {}
+    tower_layers = int(vision_config["num_hidden_layers"])
+    post_layers = ORIGINAL_POST_LAYERS if settings.vision_split_layer >= tower_layers else 0
+    if post_layers and not settings.unfreeze_vision_tower:
+        raise ConversionError(
+            f"{SPLIT_LAYER_PREFIX}{settings.vision_split_layer} >= the tower's {tower_layers} layers adds "
+            f"{ORIGINAL_POST_LAYERS} extra vision layers (post_encoder), but unfreeze_mm_vision_tower is false: the "
+            "original re-initialises them randomly instead of loading them, so the checkpoint does not determine "
+            "the model."
+        )
+    fields = {
+        "deepstack_variant": "V",
+        "vision_split_layer": settings.vision_split_layer,
+        "vision_post_layers": post_layers,
+    }
+    if post_layers:
+        fields["vision_feature_layer"] = -1  # the original forces the last layer when it has extra layers
+    return fields
 
 
 def _rope_scaling(config: dict, text_model_type: str):
@@ -271,6 +365,11 @@ def build_deepstack_config(
         raise ConversionError(
             f"mm_hidden_size={mm_hidden} does not match the vision tower's hidden_size={vision_config['hidden_size']}."
         )
+    fields = {
+        "vision_feature_layer": settings.select_layer,
+        "deepstack_layers": settings.deepstack_layers,
+        **vision_stack_config_fields(settings, vision_config),
+    }
     result = DeepStackConfig(
         vision_config=vision_config,
         text_config=text_config_dict(config, settings, vocab_size, pad_token_id),
@@ -278,15 +377,15 @@ def build_deepstack_config(
         projector_depth=settings.projector_depth,
         projector_hidden_act="gelu",
         multimodal_projector_bias=True,
-        vision_feature_layer=settings.select_layer,
         vision_feature_select_strategy="default",
         num_crops=settings.num_crops,
         hd_layout=settings.hd_layout,
+        square_grid=settings.square_grid,
         stack_sampling=settings.sampling,
-        deepstack_layers=settings.deepstack_layers,
         image_seq_length=(image_size // patch_size) ** 2,
         tie_word_embeddings=settings.tie_word_embeddings,
         pad_token_id=pad_token_id,
+        **fields,
     )
     if dtype is not None:
         result.dtype = dtype
@@ -302,5 +401,7 @@ __all__ = [
     "build_deepstack_config",
     "projector_depth",
     "read_original_settings",
+    "read_vision_split_layer",
     "text_config_dict",
+    "vision_stack_config_fields",
 ]

@@ -153,6 +153,7 @@ def _write_processor(directory: Path, tokenizer, settings: OriginalSettings, ima
         rescale_factor=image_settings["rescale_factor"],
         num_crops=settings.num_crops,
         hd_layout=settings.hd_layout,
+        square_grid=settings.square_grid,
         patch_size=patch_size,
     )
     template = PHI3_INSTRUCT_TEMPLATE if settings.template == "phi3_instruct" else VICUNA_V1_TEMPLATE
@@ -292,6 +293,7 @@ def plan_conversion(source: str | os.PathLike, options: ConversionOptions, card_
         license="mit" if settings.text_model_type == "phi3" else "llama2",
         num_crops=settings.num_crops,
         deepstack_layers=settings.deepstack_layers,
+        vision_split_layer=settings.vision_split_layer,
         suppressed_ids=(suppress[0], suppress[-1]) if suppress else None,
         vision_weights=(
             "the checkpoint's own copy (`model.vision_tower.vision_tower.*`)"

@@ -57,6 +57,7 @@ class CardInfo:
     deepstack_layers: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
     suppressed_ids: tuple[int, int] | None = None  # [first, last] id of `generation_config.suppress_tokens`
     vision_weights: str = "the CLIP tower named by `mm_vision_tower`"
+    vision_split_layer: int | None = None  # DeepStack-V: the ViT layer where the crops split off
     extra_notes: list[str] = field(default_factory=list)
 
 
@@ -88,8 +89,13 @@ def _scores(info: CardInfo) -> str:
 
 def render_body(info: CardInfo) -> str:
     name = info.repo_id.split("/")[-1]
-    variant = "DeepStack-L-HD" if info.hd else "DeepStack-L"
+    variant = "DeepStack-V" if info.vision_split_layer is not None else "DeepStack-L-HD" if info.hd else "DeepStack-L"
     layout = (
+        "the 576 tokens of the global 336x336 view in the sequence; the high-resolution crops (square grid) are "
+        f"regrouped into {info.num_crops} stacks of 576 tokens that are added inside the CLIP tower, before its layers "
+        f"{info.vision_split_layer}, {info.vision_split_layer + 1}, ... (the decoder gets none); decoder layers with stacks: "
+        if info.vision_split_layer is not None
+        else
         "LLaVA-NeXT-style sequence without unpadding: the 576 tokens of the global 336x336 view, then the "
         "high-resolution grid map with an `image_newline` token after each row; "
         f"{len(info.deepstack_layers)} stacks drawn from upsampled sub-crops are added before decoder layers "

@@ -7,6 +7,9 @@ preprocessing with PIL/numpy, CLIP ViT, projector, Llama / Phi-3 decoders with r
 attention and MLP, stack construction and injection) is re-derived, so that agreement with the converted
 Transformers model is evidence and not a tautology.
 
+Variants: DeepStack-L (plain and HD), the `2xsample` square grid, and DeepStack-V (`deepstack_vit` with
+`lsvit_start_layer_S`: stacks into the ViT's layers, the 5 extra layers of the checkpoint when S >= L).
+
 Scope: batch size 1 (like the original), any number of images per prompt (each image's stacks are added at that
 image's own visual positions, as SPEC.md requires), fp32 compute, no KV cache (greedy decoding recomputes the
 full sequence, which is mathematically the same as the original's cached decode), rotary scaling `None` or
@@ -199,10 +202,16 @@ def _tiles(image: Image.Image, size: int) -> list[Image.Image]:
     return [image.crop((x, y, x + size, y + size)) for y in range(0, height, size) for x in range(0, width, size)]
 
 
-def original_views(image: Image.Image, num_crops: int, hd: bool, prep: ClipPreprocessing):
-    """All views of one image in the original order, as pixels (V, 3, S, S), and its grid (w, h)."""
+def original_views(image: Image.Image, num_crops: int, hd: bool, prep: ClipPreprocessing, square: bool = False):
+    """All views of one image in the original order, as pixels (V, 3, S, S), and its grid (w, h).
+
+    `square` is the original's `2xsample`: the grid is (sqrt N, sqrt N) whatever the image's shape.
+    """
     image = image.convert("RGB")
-    w, h = grid_for(image.width, image.height, num_crops, prep.crop)
+    if square:
+        w = h = int(math.isqrt(num_crops))
+    else:
+        w, h = grid_for(image.width, image.height, num_crops, prep.crop)
     canvas = (w * prep.crop, h * prep.crop)
     views = [image.resize((prep.edge, prep.edge))] + _tiles(image.resize(canvas), prep.crop)
     if hd:
@@ -279,6 +288,8 @@ class OriginalDeepStack:
         self.interval = int(cfg.get("deepstack_interval") or 1)
         self.select_layer = int(cfg.get("mm_vision_select_layer", -2) if cfg.get("mm_vision_select_layer") is not None else -2)
         self.projector_type = cfg.get("mm_projector_type") or "linear"
+        self.ablations = str(cfg.get("deepstack_args_for_ablation") or "").split("+")
+        self.square = "2xsample" in self.ablations
 
         self.tensors = {}
         index = self.dir / "model.safetensors.index.json"
@@ -328,37 +339,87 @@ class OriginalDeepStack:
     # ---- vision
     def encode_views(self, pixels: torch.Tensor) -> torch.Tensor:
         """(V, 3, S, S) -> (V, p*p, hidden): CLIP hidden state `select_layer`, CLS dropped, projector applied."""
-        vc = self.vision_cfg
-        heads = int(vc.get("num_attention_heads", 12))
-        eps = float(vc.get("layer_norm_eps", 1e-5))
-        act = VISION_ACTS[vc.get("hidden_act", "quick_gelu")]
-        layers = int(vc.get("num_hidden_layers", 12))
+        layers = int(self.vision_cfg.get("num_hidden_layers", 12))
+        x = self.clip_embed(pixels)
+        states = [x]
+        wanted = self.select_layer % (layers + 1)
+        for i in range(wanted):
+            x = self.clip_layer(x, self.vw, f"encoder.layers.{i}.")
+            states.append(x)
+        features = states[wanted][:, 1:]
+        return self.project(features)
+
+    def clip_embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(V, 3, S, S) -> (V, 1 + p*p, C): patch + class + position embeddings, then `pre_layrnorm`."""
+        eps = float(self.vision_cfg.get("layer_norm_eps", 1e-5))
         patch = self.vw("embeddings.patch_embedding.weight")
         x = F.conv2d(pixels, patch, stride=patch.shape[-1]).flatten(2).transpose(1, 2)
         cls = self.vw("embeddings.class_embedding").expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], 1) + self.vw("embeddings.position_embedding.weight")[None]
-        x = F.layer_norm(x, x.shape[-1:], self.vw("pre_layrnorm.weight"), self.vw("pre_layrnorm.bias"), eps)
-        states = [x]
-        wanted = self.select_layer % (layers + 1)
-        for i in range(wanted):
-            p = f"encoder.layers.{i}."
-            h = F.layer_norm(x, x.shape[-1:], self.vw(p + "layer_norm1.weight"), self.vw(p + "layer_norm1.bias"), eps)
-            views, length, dim = h.shape
-            d = dim // heads
+        return F.layer_norm(x, x.shape[-1:], self.vw("pre_layrnorm.weight"), self.vw("pre_layrnorm.bias"), eps)
 
-            def proj(name, t):
-                return F.linear(t, self.vw(p + f"self_attn.{name}.weight"), self.vw(p + f"self_attn.{name}.bias"))
+    def clip_layer(self, x: torch.Tensor, weight, p: str) -> torch.Tensor:
+        """One pre-norm CLIP encoder layer whose weights are `weight(p + name)`; (V, T, C) -> (V, T, C)."""
+        vc = self.vision_cfg
+        heads = int(vc.get("num_attention_heads", 12))
+        eps = float(vc.get("layer_norm_eps", 1e-5))
+        act = VISION_ACTS[vc.get("hidden_act", "quick_gelu")]
+        h = F.layer_norm(x, x.shape[-1:], weight(p + "layer_norm1.weight"), weight(p + "layer_norm1.bias"), eps)
+        views, length, dim = h.shape
+        d = dim // heads
 
-            q, k, v = (proj(n, h).view(views, length, heads, d).transpose(1, 2) for n in ("q_proj", "k_proj", "v_proj"))
-            attn = ((q @ k.transpose(-1, -2)) / math.sqrt(d)).softmax(-1) @ v
-            x = x + proj("out_proj", attn.transpose(1, 2).reshape(views, length, dim))
-            h = F.layer_norm(x, x.shape[-1:], self.vw(p + "layer_norm2.weight"), self.vw(p + "layer_norm2.bias"), eps)
-            h = F.linear(act(F.linear(h, self.vw(p + "mlp.fc1.weight"), self.vw(p + "mlp.fc1.bias"))),
-                         self.vw(p + "mlp.fc2.weight"), self.vw(p + "mlp.fc2.bias"))
-            x = x + h
-            states.append(x)
-        features = states[wanted][:, 1:]
-        return self.project(features)
+        def proj(name, t):
+            return F.linear(t, weight(p + f"self_attn.{name}.weight"), weight(p + f"self_attn.{name}.bias"))
+
+        q, k, v = (proj(n, h).view(views, length, heads, d).transpose(1, 2) for n in ("q_proj", "k_proj", "v_proj"))
+        attn = ((q @ k.transpose(-1, -2)) / math.sqrt(d)).softmax(-1) @ v
+        x = x + proj("out_proj", attn.transpose(1, 2).reshape(views, length, dim))
+        h = F.layer_norm(x, x.shape[-1:], weight(p + "layer_norm2.weight"), weight(p + "layer_norm2.bias"), eps)
+        h = F.linear(act(F.linear(h, weight(p + "mlp.fc1.weight"), weight(p + "mlp.fc1.bias"))),
+                     weight(p + "mlp.fc2.weight"), weight(p + "mlp.fc2.bias"))
+        return x + h
+
+    # ---- DeepStack-V: the stacks go into the ViT's layers
+    def vit_split_layer(self) -> int | None:
+        """S of `deepstack_vit` + `lsvit_start_layer_S`; `None` without `deepstack_vit` (DeepStack-L)."""
+        if "deepstack_vit" not in self.ablations:
+            return None
+        splits = [item for item in self.ablations if item.startswith("lsvit_start_layer_")]
+        if len(splits) != 1:
+            raise ValueError("The original runs deepstack_vit only with exactly one lsvit_start_layer_S.")
+        return int(splits[0].rsplit("_", 1)[1])
+
+    def vit_image_features(self, image: Image.Image, split: int):
+        """DeepStack-V, SPEC.md: (sequence tokens (p*p, hidden), no decoder stacks) of one image.
+
+        The grid is always (sqrt N, sqrt N) (what `2xsample` gives; the original without it only runs on images
+        whose best grid is already square).
+        """
+        pixels, _ = original_views(image, self.num_crops, False, self.prep, square=True)
+        depth = int(self.vision_cfg.get("num_hidden_layers", 12))
+        extra = 5 if split >= depth else 0
+        select = -1 if extra else self.select_layer
+
+        def layer(i, x):
+            if i < depth:
+                return self.clip_layer(x, self.vw, f"encoder.layers.{i}.")
+            return self.clip_layer(x, self.w, f"model.vision_tower.post_encoder.{i - depth}.")
+
+        n = int(math.isqrt(self.num_crops))
+        x = self.clip_embed(pixels)
+        p = int(math.isqrt(x.shape[1] - 1))
+        stacks, states = [], []
+        for i in range(depth + extra):
+            if i == split:
+                mosaic = x[1:, 1:].reshape(n, n, p, p, -1).permute(0, 2, 1, 3, 4).reshape(n * p, n * p, -1)
+                stacks = [mosaic[a::n, b::n].reshape(p * p, -1) for a in range(n) for b in range(n)]
+                x = x[:1]
+            if 0 <= i - split < len(stacks):
+                x = torch.cat([x[:, :1], x[:, 1:] + stacks[i - split]], 1)
+            states.append(x[:1])
+            x = layer(i, x)
+        states.append(x[:1])
+        return self.project(states[select][0, 1:]), []
 
     def project(self, x):
         if self.projector_type == "linear":
@@ -373,7 +434,10 @@ class OriginalDeepStack:
     # ---- features and stacks for one image
     def image_features(self, image: Image.Image):
         """(sequence tokens (T, hidden), [K stacks, each (T, hidden)]) of one image."""
-        pixels, (w, h) = original_views(image, self.num_crops, self.hd, self.prep)
+        split = self.vit_split_layer()
+        if split is not None:
+            return self.vit_image_features(image, split)
+        pixels, (w, h) = original_views(image, self.num_crops, self.hd, self.prep, self.square)
         feats = self.encode_views(pixels)
         p = int(math.isqrt(feats.shape[1]))
         dim = feats.shape[-1]

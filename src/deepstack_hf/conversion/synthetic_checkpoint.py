@@ -78,6 +78,18 @@ def _meta_shapes(model_class, config, prefix: str = "") -> dict[str, tuple[int, 
     }
 
 
+def _post_encoder_shapes(clip_config, num_layers: int) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of DeepStack-V's extra CLIP layers in the original layout."""
+    from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+
+    shapes = {}
+    for index in range(num_layers):
+        with torch.device("meta"):
+            layer = CLIPEncoderLayer(clip_config)
+        shapes.update({f"model.vision_tower.post_encoder.{index}.{k}": tuple(v.shape) for k, v in layer.state_dict().items()})
+    return shapes
+
+
 def tiny_vision_config() -> dict:
     return {
         "model_type": "clip_vision_model",
@@ -186,10 +198,13 @@ def build_synthetic_checkpoint(
     seed: int = 0,
     extra_config: dict | None = None,
     tokenizer_vocab_size: int = 300,
+    post_encoder_layers: int = 0,
 ) -> SyntheticCheckpoint:
     """Write a tiny original-format checkpoint and its CLIP tower under `root` (see the module docstring).
 
-    `extra_config` entries are merged into config.json last (used by the tests to inject unsupported options).
+    `extra_config` entries are merged into config.json last (used by the tests to inject unsupported options, or
+    DeepStack-V's `deepstack_args_for_ablation`). `post_encoder_layers` extra CLIP layers are written as
+    `model.vision_tower.post_encoder.{j}.*` (DeepStack-V with a split layer at or past the tower's last layer).
     """
     from transformers import LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM
 
@@ -300,6 +315,7 @@ def build_synthetic_checkpoint(
     clip_config = CLIPVisionConfig(**{k: v for k, v in vision.items() if k not in ("model_type", "architectures")})
     clip_shapes = {f"model.vision_tower.vision_tower.{k}": v for k, v in _meta_shapes(CLIPVisionModel, clip_config, "vision_model.").items()}
     state.update(_random_state(clip_shapes, generator, dtype))
+    state.update(_random_state(_post_encoder_shapes(clip_config, post_encoder_layers), generator, dtype))
 
     names = list(state)
     if sharded:

@@ -9,6 +9,7 @@
 | `model.image_newline` (HD only) | `model.image_newline` |
 | `model.vision_tower.vision_tower.vision_model.*` (checkpoint copy) | `model.vision_tower.*` |
 | `vision_model.*` of `mm_vision_tower` (tower weights) | `model.vision_tower.*` |
+| `model.vision_tower.post_encoder.{j}.*` (DeepStack-V extra layers) | the same name |
 
 (`model.vision_tower.vision_model.*` instead, for a Transformers whose `CLIPVisionModel` still has the
 `vision_model` level; see `adapt_vision_names`.)
@@ -25,6 +26,7 @@ from .errors import ConversionError
 from .streaming_safetensors import FLOAT_DTYPES, PlannedTensor, TensorRecord
 
 CHECKPOINT_VISION_PREFIX = "model.vision_tower.vision_tower."
+POST_ENCODER_PREFIX = "model.vision_tower.post_encoder."
 TOWER_VISION_PREFIX = "vision_model."
 HF_VISION_PREFIX = "model.vision_tower."
 EMBEDDING_NAMES = ("model.language_model.embed_tokens.weight", "lm_head.weight")
@@ -57,6 +59,9 @@ def map_checkpoint_name(name: str, projector_type: str, hd_layout: bool, use_che
         raise ConversionError(f"Unexpected projector tensor {name!r} for mm_projector_type {projector_type!r}.")
     if name == "model.image_newline":
         return name if hd_layout else None
+    if name.startswith(POST_ENCODER_PREFIX):
+        # DeepStack-V's extra CLIP layers: the original loads them from the checkpoint whichever CLIP copy is used
+        return name
     if name.startswith(CHECKPOINT_VISION_PREFIX + "vision_model."):
         return HF_VISION_PREFIX + name[len(CHECKPOINT_VISION_PREFIX) :] if use_checkpoint_vision else None
     raise ConversionError(f"Unexpected tensor {name!r} in the checkpoint: it is not part of a DeepStack model.")

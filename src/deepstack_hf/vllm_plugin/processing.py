@@ -25,14 +25,15 @@ from vllm.multimodal.processing import (
 )
 
 from ..configuration_deepstack import DeepStackConfig
-from ..grid_layout import candidate_grids, num_image_tokens, num_views, select_best_grid
+from .. import grid_layout
+from ..grid_layout import candidate_grids, num_image_tokens, num_views
 from ..processing_deepstack import DeepStackProcessor
 from ..tokenization import slow_compatible_text
 
 
 def image_grid(config: DeepStackConfig, width: int, height: int) -> tuple[int, int]:
     """The crop grid `(w, h)` of an image of this size: the rule shared by processor and model."""
-    return select_best_grid(width, height, config.num_crops, config.vision_config.image_size)
+    return grid_layout.image_grid(width, height, config.num_crops, config.vision_config.image_size, config.square_grid)
 
 
 def original_prompt_ids(token_ids: list[int], tokenizer, image_token: str, image_token_id: int) -> list[int]:
