@@ -35,6 +35,7 @@ from functools import lru_cache
 from io import BytesIO
 
 import numpy as np
+import torch
 from PIL import ExifTags, Image, ImageOps
 
 from transformers.image_processing_backends import PilBackend
@@ -123,6 +124,28 @@ def _array_to_uint8(array: np.ndarray) -> np.ndarray:
     raise ValueError(f"Unsupported image dtype {array.dtype}.")
 
 
+def channels_last(image, input_data_format: str | ChannelDimension | None = None):
+    """``(H, W, C)`` view of an ``(H, W)``, ``(H, W, C)`` or ``(C, H, W)`` array or tensor with ``C`` in 1..4."""
+    if image.ndim == 2:
+        image = image[:, :, None]
+    elif image.ndim == 3:
+        if input_data_format is None:
+            try:
+                input_data_format = infer_channel_dimension_format(image, num_channels=(1, 2, 3, 4))
+            except ValueError as error:
+                raise ValueError(f"Cannot tell the channel axis of an image of shape {tuple(image.shape)}.") from error
+        if ChannelDimension(input_data_format) == ChannelDimension.FIRST:
+            image = image.permute(1, 2, 0) if hasattr(image, "permute") else np.moveaxis(image, 0, -1)
+    else:
+        raise ValueError(f"An image array must have shape (H, W), (H, W, C) or (C, H, W), got {tuple(image.shape)}.")
+    height, width, channels = image.shape
+    if height < 1 or width < 1:
+        raise ValueError(f"Image size must be at least 1x1 pixels, got shape {tuple(image.shape)}.")
+    if channels not in (1, 2, 3, 4):
+        raise ValueError(f"An image must have 1, 2, 3 or 4 channels, got {channels}.")
+    return image
+
+
 def _open_image(source: str) -> Image.Image:
     """A lazily decoded PIL image from a local path, an http(s) URL or a base64 string / data URI.
 
@@ -202,15 +225,15 @@ def view_plan(grid: tuple[int, int], num_crops: int, hd_layout: bool) -> list[tu
 
 
 def block_order(pixels, crop: int, block: int):
-    """Crops of a channels-last stretch ``(rows*S, cols*S, C)`` as ``(rows/b, cols/b, b, b, C, S, S)``.
+    """Crops of channels-last stretches ``(..., rows*S, cols*S, C)`` as ``(..., rows/b, cols/b, b, b, C, S, S)``.
 
-    Row-major blocks, row-major crops inside a block, channel-first crops: flattening the first four axes lists
-    the views in order. A view of ``pixels`` (NumPy array or torch tensor), nothing is copied.
+    Row-major blocks, row-major crops inside a block, channel-first crops: flattening the four axes after the
+    leading ones lists the views in order. A view of ``pixels`` (NumPy array or torch tensor), nothing is copied.
     """
-    height, width, channels = pixels.shape
+    *lead, height, width, channels = pixels.shape
     rows, cols = height // (crop * block), width // (crop * block)
-    tiles = pixels.reshape(rows, block, crop, cols, block, crop, channels)
-    order = (0, 3, 1, 4, 6, 2, 5)
+    tiles = pixels.reshape(*lead, rows, block, crop, cols, block, crop, channels)
+    order = tuple(range(len(lead))) + tuple(len(lead) + axis for axis in (0, 3, 1, 4, 6, 2, 5))
     return tiles.permute(order) if hasattr(tiles, "permute") else tiles.transpose(order)
 
 
@@ -224,48 +247,64 @@ def _reference_values(do_rescale: bool, rescale_factor: float, do_normalize: boo
 
 
 class _ExactNormaliser:
-    """Turns uint8 levels already copied into a float32 ``(..., 3, S, S)`` array into the original's values.
+    """Turns uint8 levels held in a float32 ``(..., 3, S, S)`` array or tensor into the original's values.
 
     In place, with the cheapest float32 arithmetic that gives the reference's bits for all 256 levels of every
-    channel (checked here, once per setting); a ``(3, 256)`` lookup table otherwise.
+    channel (checked here, once per setting: a multiplication or a division for the rescale, then
+    ``(x - mean) / std``); a ``(3, 256)`` lookup table otherwise.
     """
 
     def __init__(self, do_rescale: bool, rescale_factor: float, do_normalize: bool, mean: tuple, std: tuple):
         self.table = _reference_values(do_rescale, rescale_factor, do_normalize, mean, std)
         self.mean = np.asarray(mean, np.float32).reshape(-1, 1, 1) if do_normalize else None
         self.std = np.asarray(std, np.float32).reshape(-1, 1, 1) if do_normalize else None
-        self.scale = None
+        candidates = [(None, None)]
         if do_rescale:
-            candidates = [(np.multiply, np.float32(rescale_factor))]
+            candidates = [("mul", np.float32(rescale_factor))]
             if rescale_factor != 0:
-                candidates.append((np.divide, np.float32(1.0 / float(rescale_factor))))
-            self.scale = next((c for c in candidates if self._exact(c)), None)
-            self.use_table = self.scale is None
-        else:
-            self.use_table = not self._exact(None)
+                candidates.append(("div", np.float32(1.0 / float(rescale_factor))))
+        self.scale_op, self.scale = next((c for c in candidates if self._exact(*c)), (None, None))
+        self.use_table = not self._exact(self.scale_op, self.scale)
 
-    def _apply(self, values: np.ndarray, scale) -> np.ndarray:
-        if scale is not None:
-            scale[0](values, scale[1], out=values)
-        if self.mean is not None:
-            np.subtract(values, self.mean, out=values)
-            np.divide(values, self.std, out=values)
+    @staticmethod
+    def _apply(values, scale_op, scale, mean, std):
+        if scale_op == "mul":
+            values *= scale
+        elif scale_op == "div":
+            values /= scale
+        if mean is not None:
+            values -= mean
+            values /= std
         return values
 
-    def _exact(self, scale) -> bool:
+    def _exact(self, scale_op, scale) -> bool:
         levels = np.broadcast_to(np.arange(256, dtype=np.float32), (3, 256)).copy()[:, None, :]
         with np.errstate(all="ignore"):
-            values = self._apply(levels, scale)[:, 0, :]
+            values = self._apply(levels, scale_op, scale, self.mean, self.std)[:, 0, :]
         return np.array_equal(values.view(np.uint32), self.table.view(np.uint32))
 
     def __call__(self, values: np.ndarray) -> None:
+        """In place on a float32 NumPy array of levels ``(..., 3, S, S)``."""
         if self.use_table:
             for channel in range(3):
                 plane = values[..., channel, :, :]
                 plane[...] = self.table[channel][plane.astype(np.uint8)]
             return
         with np.errstate(all="ignore"):
-            self._apply(values, self.scale)
+            self._apply(values, self.scale_op, self.scale, self.mean, self.std)
+
+    def on_tensor(self, views):
+        """Float32 values of uint8 views ``(..., 3, S, S)`` (a torch tensor), on their device."""
+        device = views.device
+        if self.use_table:
+            table = torch.from_numpy(self.table).to(device)
+            return torch.stack([table[c][views[..., c, :, :].long()] for c in range(3)], dim=-3)
+
+        def constant(value):  # device tensors: a CPU scalar divisor becomes a reciprocal product on CUDA
+            return None if value is None else torch.as_tensor(value, dtype=torch.float32, device=device)
+
+        values = views.to(torch.float32)
+        return self._apply(values, self.scale_op, constant(self.scale), constant(self.mean), constant(self.std))
 
 
 @lru_cache(maxsize=16)
@@ -394,25 +433,8 @@ class DeepStackImageProcessingMixin:
     def _array_to_pil(image, input_data_format: str | ChannelDimension | None) -> Image.Image:
         if hasattr(image, "detach"):  # torch.Tensor
             image = image.detach().cpu().numpy()
-        array = np.asarray(image)
-        if array.ndim == 3:
-            if input_data_format is None:
-                try:
-                    input_data_format = infer_channel_dimension_format(array, num_channels=(1, 2, 3, 4))
-                except ValueError as error:
-                    raise ValueError(f"Cannot tell the channel axis of an image of shape {array.shape}.") from error
-            if ChannelDimension(input_data_format) == ChannelDimension.FIRST:
-                array = np.moveaxis(array, 0, -1)
-            if array.shape[-1] == 1:
-                array = array[..., 0]
-        elif array.ndim != 2:
-            raise ValueError(f"An image array must have shape (H, W), (H, W, C) or (C, H, W), got {array.shape}.")
-        if array.shape[0] < 1 or array.shape[1] < 1:
-            raise ValueError(f"Image size must be at least 1x1 pixels, got shape {array.shape}.")
-        array = np.ascontiguousarray(_array_to_uint8(array))
-        if array.ndim == 3 and array.shape[-1] not in (2, 3, 4):
-            raise ValueError(f"An image must have 1, 2, 3 or 4 channels, got {array.shape[-1]}.")
-        return Image.fromarray(array)
+        array = np.ascontiguousarray(_array_to_uint8(channels_last(np.asarray(image), input_data_format)))
+        return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
 
     def _preprocess_image_like_inputs(self, images: ImageInput, *args, **kwargs) -> BatchFeature:
         images = self._prepare_images_structure(images)
