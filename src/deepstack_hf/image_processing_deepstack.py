@@ -36,6 +36,7 @@ from io import BytesIO
 
 import numpy as np
 import torch
+from huggingface_hub.utils import httpx  # the HTTP client Transformers' load_image uses
 from PIL import ExifTags, Image, ImageOps
 
 from transformers.image_processing_backends import PilBackend
@@ -153,8 +154,6 @@ def _open_image(source: str) -> Image.Image:
     both happen later, in :meth:`DeepStackImageProcessingMixin.to_rgb_pil`, for every input alike.
     """
     if source.startswith(("http://", "https://")):
-        import httpx
-
         try:
             response = httpx.get(source, timeout=URL_TIMEOUT_S, follow_redirects=True)
             response.raise_for_status()
@@ -293,18 +292,20 @@ class _ExactNormaliser:
         with np.errstate(all="ignore"):
             self._apply(values, self.scale_op, self.scale, self.mean, self.std)
 
-    def on_tensor(self, views):
-        """Float32 values of uint8 views ``(..., 3, S, S)`` (a torch tensor), on their device."""
-        device = views.device
+    def on_tensor(self, values: torch.Tensor) -> None:
+        """In place on a float32 tensor of levels ``(..., 3, S, S)``, on its device."""
+        device = values.device
         if self.use_table:
             table = torch.from_numpy(self.table).to(device)
-            return torch.stack([table[c][views[..., c, :, :].long()] for c in range(3)], dim=-3)
+            for channel in range(3):
+                plane = values[..., channel, :, :]
+                plane.copy_(table[channel][plane.long()])
+            return
 
         def constant(value):  # device tensors: a CPU scalar divisor becomes a reciprocal product on CUDA
             return None if value is None else torch.as_tensor(value, dtype=torch.float32, device=device)
 
-        values = views.to(torch.float32)
-        return self._apply(values, self.scale_op, constant(self.scale), constant(self.mean), constant(self.std))
+        self._apply(values, self.scale_op, constant(self.scale), constant(self.mean), constant(self.std))
 
 
 @lru_cache(maxsize=16)

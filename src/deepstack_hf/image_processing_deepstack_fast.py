@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
-from transformers.image_transforms import group_images_by_shape, reorder_images
+from transformers.image_transforms import group_images_by_shape
 from transformers.image_utils import ChannelDimension, ImageInput, PILImageResampling, SizeDict
 from transformers.processing_utils import Unpack
 from transformers.utils import TensorType, is_torchvision_available
@@ -69,11 +69,14 @@ def pil_like_resize(images: torch.Tensor, size: tuple[int, int], resample: PILIm
     """``Image.resize`` of uint8 ``(N, C, H, W)`` to ``(height, width)`` as two 1-D passes in Pillow's order.
 
     Pillow (13) runs the vertical pass first when the height shrinks by more than twice as many pixels as the
-    width (``Resample.c``), the horizontal one otherwise, and stores the first pass in uint8.
+    width (``Resample.c``), the horizontal one otherwise, and stores the first pass in uint8. Torch's uint8
+    kernels run the horizontal pass first and store it in uint8 too: one call does both passes then.
     """
     height, width = images.shape[-2:]
     new_height, new_width = size
     vertical_first = height - new_height > 0 and height - new_height > 2 * (width - new_width)
+    if not vertical_first and uint8_kernels(images.device):
+        return resize_pass(images, size, resample)
     steps = [(new_height, width), (new_height, new_width)] if vertical_first else [(height, new_width), size]
     for step in steps:
         if tuple(images.shape[-2:]) != tuple(step):
@@ -151,18 +154,17 @@ class DeepStackImageProcessorFast(DeepStackImageProcessingMixin, TorchBackend):
         tensors = [self.process_image(image, do_convert_rgb, input_data_format, device) for image in flat]
         return self._preprocess(tensors, *args, **kwargs)
 
-    def stretch_views(self, images: torch.Tensor, plan, crop: int, resample) -> torch.Tensor:
-        """uint8 views ``(N, num_views, 3, S, S)`` of same-size images ``(N, 3, H, W)``, in the exact path's order."""
-        count = sum(cols * rows for cols, rows, _ in plan)
-        views = torch.empty((images.shape[0], count, 3, crop, crop), dtype=torch.uint8, device=images.device)
+    def write_views(self, stack: torch.Tensor, outputs: list[torch.Tensor], plan, crop: int, resample) -> None:
+        """Write the views of same-size images ``(N, 3, H, W)`` (uint8) into their float32 ``(num_views, 3, S, S)``
+        outputs as levels, in the exact path's order; each stretch is resized once for the whole stack."""
         resized, start = {}, 0
         for cols, rows, block in plan:
             if (cols, rows) not in resized:
-                resized[(cols, rows)] = pil_like_resize(images, (rows * crop, cols * crop), resample)
+                resized[(cols, rows)] = pil_like_resize(stack, (rows * crop, cols * crop), resample)
             tiles = block_order(resized[(cols, rows)].permute(0, 2, 3, 1), crop, block)
-            views[:, start : start + cols * rows].view(tiles.shape).copy_(tiles)
+            for image_tiles, out in zip(tiles, outputs):
+                out[start : start + cols * rows].view(image_tiles.shape).copy_(image_tiles)
             start += cols * rows
-        return views
 
     def _preprocess(
         self,
@@ -191,23 +193,29 @@ class DeepStackImageProcessorFast(DeepStackImageProcessingMixin, TorchBackend):
                 "use the PIL backend (DeepStackImageProcessor) for it."
             )
 
+        sizes = [tuple(image.shape[-2:]) for image in images]
+        counts = [self.get_num_views(height, width, num_crops, hd_layout) for height, width in sizes]
+        device = images[0].device
+        if do_pad is not False:
+            pixel_values = torch.empty((len(images), max(counts), 3, crop, crop), dtype=torch.float32, device=device)
+            outputs = [pixel_values[index, :count] for index, count in enumerate(counts)]
+            for index, count in enumerate(counts):
+                pixel_values[index, count:] = 0
+        else:
+            pixel_values = outputs = [torch.empty((n, 3, crop, crop), dtype=torch.float32, device=device) for n in counts]
+
         grouped, order = group_images_by_shape(images, disable_grouping=disable_grouping)
-        values = {}
+        members = {shape: [] for shape in grouped}
+        for index, (shape, _) in sorted(order.items(), key=lambda item: item[1][1]):
+            members[shape].append(outputs[index])
         for shape, stack in grouped.items():
             plan = self.get_view_plan(stack.shape[-2], stack.shape[-1], num_crops, hd_layout)
-            views = self.stretch_views(stack, plan, crop, resample)
-            values[shape] = normaliser.on_tensor(views)
-        per_image = reorder_images(values, order)
+            self.write_views(stack, members[shape], plan, crop, resample)
+        for out in outputs:
+            normaliser.on_tensor(out)
 
-        if do_pad is not False:
-            most = max(len(item) for item in per_image)
-            pixel_values = per_image[0].new_zeros((len(per_image), most, 3, crop, crop))
-            for index, item in enumerate(per_image):
-                pixel_values[index, : len(item)] = item
-        else:
-            pixel_values = per_image
-        image_sizes = torch.tensor([tuple(image.shape[-2:]) for image in images], dtype=torch.int64)
-        data = {"pixel_values": pixel_values, "image_sizes": image_sizes.to(per_image[0].device)}
+        image_sizes = torch.tensor(sizes, dtype=torch.int64, device=device)
+        data = {"pixel_values": pixel_values, "image_sizes": image_sizes}
         return BatchFeature(data=data, tensor_type=return_tensors)
 
 
