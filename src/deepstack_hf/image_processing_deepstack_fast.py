@@ -37,7 +37,7 @@ if is_torchvision_available():
 
     from transformers.image_utils import pil_torch_interpolation_mapping
 else:
-    tvF = None
+    tvF = pil_torch_interpolation_mapping = None
 
 # PIL filter -> torch interpolate mode (antialiased where torch can); others are refused by name.
 _TORCH_MODES = {
