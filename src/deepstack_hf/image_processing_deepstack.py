@@ -177,7 +177,7 @@ def apply_exif_orientation(image: Image.Image) -> Image.Image:
     Transformers' ``load_image`` does this for paths and URLs (and so do pipelines and chat templates); this
     port does it for every input, opened images included, so one photo gives one set of pixels whatever the
     route. The original code (``Image.open(path).convert("RGB")``) ignores the tag: for a photo carrying an
-    orientation other than 1 its pixels are the stored, un-rotated ones (see docs/benchmarks.md, "EXIF").
+    orientation other than 1 its pixels are the stored, un-rotated ones (docs/image_processing.md, "Inputs").
     """
     orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
     if orientation in (2, 3, 4, 5, 6, 7, 8):
