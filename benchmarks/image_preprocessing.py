@@ -6,6 +6,9 @@ Every processor sees the same images. Measured in one run, after one warm-up cal
 2. batches of 1, 8 and 32 images of the middle size: milliseconds per image and the ratio;
 3. images per second with the processor as the ``collate_fn`` of a ``torch.utils.data.DataLoader`` with workers.
 
+Times are wall-clock and, for 1 and 2, also CPU time of the process (all threads): on a machine shared with
+other jobs the CPU time is what a processor costs, the wall time what a request waits.
+
 Measurements are interleaved (A, B, C, A, B, C, ...) so that a load change on a shared machine hits every
 processor alike; each ratio is taken within one round (DeepStack's time over LLaVA-NeXT's in the same round)
 and reported as the median over rounds with the min-max spread. LLaVA-NeXT uses the llava-v1.6 settings
@@ -15,7 +18,7 @@ noise: the resize and normalisation costs do not depend on content; JPEG decodin
 
 Usage::
 
-    python benchmarks/image_preprocessing.py                  # the documented run
+    python benchmarks/image_preprocessing.py --threads 1      # the documented run (shared 2-core machine)
     python benchmarks/image_preprocessing.py --repeats 3 --sizes 320x240 1000x667 --batches 1 8
 
 ``main(argv)`` returns the results as a dict (the smoke test runs it tiny).
@@ -74,10 +77,11 @@ def synthetic_image(width: int, height: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.clip(np.stack(channels, axis=-1), 0, 255).astype(np.uint8))
 
 
-def timed(call) -> float:
-    start = time.perf_counter()
+def timed(call) -> tuple[float, float]:
+    """Wall-clock and CPU seconds (this process, all its threads) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
     call()
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def summary(values: list[float], scale: float = 1.0) -> dict:
@@ -89,8 +93,8 @@ def summary(values: list[float], scale: float = 1.0) -> dict:
     }
 
 
-def interleaved(calls: dict, repeats: int) -> dict[str, list[float]]:
-    """Seconds of every call, ``repeats`` rounds, each round calling every entry once (A, B, C, A, B, C...)."""
+def interleaved(calls: dict, repeats: int) -> dict[str, list[tuple[float, float]]]:
+    """(wall, CPU) seconds of every call, ``repeats`` rounds, each calling every entry once (A, B, C, A, B, C...)."""
     for call in calls.values():  # warm every one first
         call()
     seconds = {name: [] for name in calls}
@@ -100,13 +104,17 @@ def interleaved(calls: dict, repeats: int) -> dict[str, list[float]]:
     return seconds
 
 
-def with_ratios(seconds: dict[str, list[float]], per: int = 1, scale: float = 1e3) -> dict:
-    """Per-item time summaries and per-round ratios to the reference."""
+def with_ratios(seconds: dict[str, list[tuple[float, float]]], per: int = 1, scale: float = 1e3) -> dict:
+    """Per-item wall and CPU time summaries, and per-round ratios to the reference."""
     rows = {}
     for name, values in seconds.items():
-        row = {"ms": summary([value / per for value in values], scale)}
-        if name != REFERENCE:
-            row["ratio"] = summary([a / b for a, b in zip(values, seconds[REFERENCE])])
+        row = {}
+        for column, suffix in ((0, ""), (1, "_cpu")):
+            mine = [value[column] for value in values]
+            row["ms" + suffix] = summary([value / per for value in mine], scale)
+            if name != REFERENCE:
+                reference = [value[column] for value in seconds[REFERENCE]]
+                row["ratio" + suffix] = summary([a / b for a, b in zip(mine, reference) if b > 0])
         rows[name] = row
     return rows
 
@@ -162,6 +170,7 @@ def dataloader_throughput(processors: dict, size, num_images: int, batch_size: i
             assert batch["pixel_values"].shape[0] > 0
 
     seconds = interleaved({name: (lambda p=processor: epoch(p)) for name, processor in processors.items()}, repeats)
+    seconds = {name: [wall for wall, _ in values] for name, values in seconds.items()}  # the workers do the work
     rows = {}
     for name, values in seconds.items():
         row = {"images_per_s": summary([num_images / value for value in values])}
@@ -187,12 +196,16 @@ def _fmt(stat: dict, unit: str = "") -> str:
 def print_table(title: str, rows: dict, value_key: str = "ms", ratio_key: str = "ratio", unit: str = " ms") -> None:
     print(f"\n{title}")
     for name, row in rows.items():
-        ratio = f"   ratio {_fmt(row[ratio_key], 'x')}" if ratio_key in row else "   (reference)"
-        print(f"  {name:24s} {_fmt(row[value_key], unit)}{ratio}")
+        line = f"  {name:24s} {_fmt(row[value_key], unit):>26s}"
+        line += f"  ratio {_fmt(row[ratio_key], 'x'):>22s}" if ratio_key in row else f"  {'(reference)':>28s}"
+        if value_key + "_cpu" in row:
+            line += f"  | CPU {_fmt(row[value_key + '_cpu'], unit):>26s}"
+            line += f"  ratio {_fmt(row[ratio_key + '_cpu'], 'x'):>22s}" if ratio_key in row else ""
+        print(line)
 
 
 def targets(per_image_results: dict) -> dict:
-    """The issue's targets on the PIL path: HD <= 1.0x and plain <= 0.5x LLaVA-NeXT, every size (median)."""
+    """The issue's targets on the PIL path: HD <= 1.0x and plain <= 0.5x LLaVA-NeXT, every size (median wall)."""
     met = {}
     for size, rows in per_image_results.items():
         met[f"hd_le_1.0x_{size}"] = rows["deepstack_hd_pil"]["ratio"]["median"] <= 1.0
@@ -216,8 +229,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--loader-images", type=int, default=64)
     parser.add_argument("--loader-batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     processors = build_processors(args.crop)
     result = {"machine": machine(), "reference": REFERENCE, "args": {k: str(v) for k, v in vars(args).items()}}
@@ -225,11 +241,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     result["per_image"] = per_image(processors, args.sizes, args.repeats)
     for size, rows in result["per_image"].items():
-        print_table(f"per image, {size} (batch of 1): ms, ratio to LLaVA-NeXT PIL", rows)
+        print_table(f"per image, {size} (batch of 1): wall ms, ratio to LLaVA-NeXT PIL | CPU ms, ratio", rows)
     result["batches"] = batches(processors, args.batch_size_image, args.batches, args.batch_repeats)
     width, height = args.batch_size_image
     for batch_size, rows in result["batches"].items():
-        print_table(f"batch of {batch_size} images {width}x{height}: ms per image, ratio", rows)
+        print_table(f"batch of {batch_size} images {width}x{height}: wall ms per image, ratio | CPU ms, ratio", rows)
     result["dataloader"] = dataloader_throughput(
         processors, args.batch_size_image, args.loader_images, args.loader_batch_size, args.workers, args.batch_repeats
     )
