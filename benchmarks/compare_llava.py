@@ -12,7 +12,10 @@ its own. All three see the same image size, hence the same crop grid:
 * DeepStack-L: the same 1 + w*h views through CLIP, but only 576 tokens in the context; the high-resolution
   tokens are regrouped into K stacks and added to the visual positions before decoder layers 1..K.
 
-Measured per model (``--repeats`` times, median): prefill (one forward over prompt + image with an empty KV
+Every model is first run ``--warmup`` times (all of them before any timing), then the models are measured in
+``--repeats`` interleaved rounds (A, B, C, D, A, B, C, D, ...); medians are reported with their min-max spread,
+and each DeepStack ratio is taken within a round (both runs back to back) before its median and spread are
+taken, so a load change on a shared machine moves both sides. Measured: prefill (one forward over prompt + image with an empty KV
 cache, logits of the last position), decode tokens/s (greedy single-token steps on the prefill's cache) and peak
 memory (CUDA: ``max_memory_allocated``; CPU: peak RSS above the pre-run RSS, sampled every 2 ms, a proxy for the
 activations + KV cache since the shared weights are already resident).
@@ -436,18 +439,43 @@ def run_once(model, inputs: dict, new_tokens: int, device: torch.device) -> dict
     }
 
 
-def measure(model, inputs, new_tokens, device, repeats, warmup) -> dict:
-    for _ in range(warmup):
-        run_once(model, inputs, min(new_tokens, 2), device)
-    runs = [run_once(model, inputs, new_tokens, device) for _ in range(repeats)]
+def spread(values: list[float]) -> dict:
+    """Median with the min-max spread."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def measure_interleaved(runners: dict, repeats: int, warmup: int) -> dict[str, list[dict]]:
+    """Run every model ``warmup`` times first (all of them), then ``repeats`` rounds of one run each, in turn
+    (A, B, C, A, B, C, ...): a warm-up artifact or a load change on a shared machine then hits every model
+    alike instead of whichever happened to be measured first."""
+    for runner in runners.values():
+        for _ in range(warmup):
+            runner(warm=True)
+    runs = {key: [] for key in runners}
+    for _ in range(repeats):
+        for key, runner in runners.items():
+            runs[key].append(runner(warm=False))
+    return runs
+
+
+def summarise(runs: list[dict], inputs: dict) -> dict:
+    prefill = [run["prefill_s"] for run in runs]
+    decode = [run["decode_tokens_per_s"] for run in runs]
     return {
         "context_tokens": int(inputs["input_ids"].shape[1]),
-        "prefill_s": statistics.median(r["prefill_s"] for r in runs),
-        "decode_tokens_per_s": statistics.median(r["decode_tokens_per_s"] for r in runs),
-        "peak_memory_bytes": max(r["peak_memory_bytes"] for r in runs),
-        "prefill_s_all": [r["prefill_s"] for r in runs],
+        "prefill_s": statistics.median(prefill),
+        "prefill_s_spread": spread(prefill),
+        "decode_tokens_per_s": statistics.median(decode),
+        "decode_tokens_per_s_spread": spread(decode),
+        "peak_memory_bytes": max(run["peak_memory_bytes"] for run in runs),
+        "prefill_s_all": prefill,
         "first_tokens": runs[0]["tokens"],
     }
+
+
+def round_ratios(runs: dict[str, list[dict]], key: str, ref: str, metric: str) -> dict:
+    """DeepStack over ``ref`` within each round (both measured back to back), median and min-max."""
+    return spread([a[metric] / b[metric] for a, b in zip(runs[key], runs[ref]) if b[metric]])
 
 
 # --------------------------------------------------------------------------------------------------- main
@@ -457,8 +485,8 @@ def parse_args(argv):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: the preset's (fp32 tiny, bf16 otherwise)")
     parser.add_argument("--attn-implementation", default="sdpa", choices=["eager", "sdpa", "flash_attention_2"])
-    parser.add_argument("--repeats", type=int, help="timed runs per model (median reported); default: the preset's")
-    parser.add_argument("--warmup", type=int, help="untimed runs per model; default 1 (0 for the 7b preset)")
+    parser.add_argument("--repeats", type=int, help="interleaved timed rounds (median and spread reported); default: the preset's")
+    parser.add_argument("--warmup", type=int, help="untimed runs of every model before the rounds; default 1 (0 for the 7b preset)")
     parser.add_argument("--new-tokens", type=int, help="decode steps; default: the preset's")
     parser.add_argument("--text-layers", type=int, help="override the decoder depth (e.g. a 7B-wide slice)")
     parser.add_argument("--image-size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"), help="default: 2x2 crops")
@@ -476,6 +504,10 @@ def _fmt_bytes(value: float) -> str:
     return f"{value:.1f} GiB"
 
 
+def _fmt_spread(stat: dict, spec: str) -> str:
+    return f"{stat['median']:{spec}} [{stat['min']:{spec}}-{stat['max']:{spec}}]"
+
+
 def report(result: dict) -> str:
     rows = result["models"]
     names = {
@@ -491,20 +523,24 @@ def report(result: dict) -> str:
         f"machine: {result['machine']}",
         f"weights (shared by all three): {_fmt_bytes(result['weight_bytes'])}",
         "",
-        f"{'model':38s} {'views':>5s} {'vis.tok':>7s} {'context':>7s} {'prefill s':>10s} {'decode tok/s':>12s} {'peak mem':>11s}",
+        f"median [min-max] over {result['repeats']} interleaved rounds, after {result['warmup']} warm-up run(s) of every model",
+        f"{'model':38s} {'views':>5s} {'vis.tok':>7s} {'context':>7s} {'prefill s':>24s} {'decode tok/s':>24s} {'peak mem':>11s}",
     ]
     for key in ("llava15", "llava_next", "deepstack", "deepstack_not_injected"):
         row = rows[key]
         lines.append(
             f"{names[key]:38s} {row['views']:>5d} {row['visual_tokens']:>7d} {row['context_tokens']:>7d} "
-            f"{row['prefill_s']:>10.4f} {row['decode_tokens_per_s']:>12.2f} {_fmt_bytes(row['peak_memory_bytes']):>11s}"
+            f"{_fmt_spread(row['prefill_s_spread'], '.4g'):>24s} {_fmt_spread(row['decode_tokens_per_s_spread'], '.4g'):>24s} "
+            f"{_fmt_bytes(row['peak_memory_bytes']):>11s}"
         )
     lines.append("")
     for ref, label in (("llava15", "LLaVA-1.5"), ("llava_next", "LLaVA-NeXT")):
         ratio = result["ratios"][f"deepstack_over_{ref}"]
         lines.append(
-            f"DeepStack / {label:10s}: visual tokens {ratio['visual_tokens']:.3f}x  prefill {ratio['prefill_s']:.3f}x  "
-            f"decode tok/s {ratio['decode_tokens_per_s']:.3f}x  peak memory {ratio['peak_memory_bytes']:.3f}x"
+            f"DeepStack / {label:10s}: visual tokens {ratio['visual_tokens']:.3f}x  "
+            f"prefill {_fmt_spread(ratio['prefill_s_spread'], '.3f')}x  "
+            f"decode tok/s {_fmt_spread(ratio['decode_tokens_per_s_spread'], '.3f')}x  "
+            f"peak memory {ratio['peak_memory_bytes']:.3f}x"
         )
     inj = result["injection"]
     lines.append(
@@ -539,13 +575,27 @@ def main(argv=None) -> dict:
     deepstack = models["deepstack"]
     weight_bytes = sum(p.numel() * p.element_size() for p in deepstack.parameters())
 
+    def runner(key: str):
+        model_key = "deepstack" if key.startswith("deepstack") else key
+        model, model_inputs = models[model_key], inputs[model_key]
+
+        def run(warm: bool) -> dict:
+            steps = min(new_tokens, 2) if warm else new_tokens
+            if key == "deepstack_not_injected":
+                with stacks_not_injected(model):
+                    return run_once(model, model_inputs, steps, device)
+            return run_once(model, model_inputs, steps, device)
+
+        return run
+
+    keys = ("llava15", "llava_next", "deepstack", "deepstack_not_injected")
+    runs = measure_interleaved({key: runner(key) for key in keys}, repeats, warmup)
     rows = {}
-    for key in ("llava15", "llava_next", "deepstack"):
-        rows[key] = measure(models[key], inputs[key], new_tokens, device, repeats, warmup)
+    for key in keys:
+        model_key = "deepstack" if key.startswith("deepstack") else key
+        rows[key] = summarise(runs[key], inputs[model_key])
         if not args.quiet:
             print(f"[{key}] prefill {rows[key]['prefill_s']:.4f}s decode {rows[key]['decode_tokens_per_s']:.2f} tok/s", flush=True)
-    with stacks_not_injected(deepstack):
-        rows["deepstack_not_injected"] = measure(deepstack, inputs["deepstack"], new_tokens, device, repeats, warmup)
     with timed_injection(device) as spent:
         timed = [run_once(deepstack, inputs["deepstack"], 0, device) for _ in range(repeats)]
     injection_s = spent[0] / repeats
@@ -555,13 +605,17 @@ def main(argv=None) -> dict:
         row["visual_tokens"] = meta["visual_tokens"][model_key]
 
     ds = rows["deepstack"]
-    ratios = {
-        f"deepstack_over_{ref}": {
+    ratios = {}
+    for ref in ("llava15", "llava_next"):
+        ratio = {
             metric: (ds[metric] / rows[ref][metric] if rows[ref][metric] else float("nan"))
-            for metric in ("visual_tokens", "context_tokens", "prefill_s", "decode_tokens_per_s", "peak_memory_bytes")
+            for metric in ("visual_tokens", "context_tokens", "peak_memory_bytes")
         }
-        for ref in ("llava15", "llava_next")
-    }
+        for metric in ("prefill_s", "decode_tokens_per_s"):
+            per_round = round_ratios(runs, "deepstack", ref, metric)
+            ratio[metric] = per_round["median"]
+            ratio[f"{metric}_spread"] = per_round
+        ratios[f"deepstack_over_{ref}"] = ratio
     prefill_timed = statistics.median(run["prefill_s"] for run in timed)
     injection = {
         "timed_s": injection_s,
@@ -584,6 +638,7 @@ def main(argv=None) -> dict:
         "weight_bytes": weight_bytes,
         "new_tokens": new_tokens,
         "repeats": repeats,
+        "warmup": warmup,
         **meta,
         "models": rows,
         "ratios": ratios,

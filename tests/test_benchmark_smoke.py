@@ -1,4 +1,4 @@
-"""benchmarks/compare_llava.py runs end to end on the tiny preset (no timing is asserted)."""
+"""The benchmark scripts run end to end, tiny (no timing is asserted)."""
 
 import importlib.util
 import json
@@ -6,21 +6,25 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_llava.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.fixture(scope="module")
-def compare_llava():
-    spec = importlib.util.spec_from_file_location("compare_llava", SCRIPT)
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
+@pytest.fixture(scope="module")
+def compare_llava():
+    return load_script("compare_llava")
+
+
 def test_tiny_preset_runs_and_reports_every_metric(compare_llava, tmp_path, capsys):
     out = tmp_path / "tiny.json"
     result = compare_llava.main(
-        ["--preset", "tiny", "--device", "cpu", "--repeats", "1", "--warmup", "0", "--new-tokens", "2", "--json", str(out)]
+        ["--preset", "tiny", "--device", "cpu", "--repeats", "2", "--warmup", "1", "--new-tokens", "2", "--json", str(out)]
     )
     printed = capsys.readouterr().out
     assert "DeepStack / LLaVA-1.5" in printed and "DeepStack / LLaVA-NeXT" in printed and "injection" in printed
@@ -36,10 +40,15 @@ def test_tiny_preset_runs_and_reports_every_metric(compare_llava, tmp_path, caps
     assert rows["llava_next"]["visual_tokens"] == 16 + 8 * 8 + 8
     assert rows["deepstack"]["context_tokens"] == rows["llava15"]["context_tokens"]
     assert rows["llava_next"]["context_tokens"] - rows["deepstack"]["context_tokens"] == 72
+    assert "median [min-max] over 2 interleaved rounds" in printed
     for row in rows.values():
         assert row["prefill_s"] > 0 and row["decode_tokens_per_s"] > 0 and len(row["first_tokens"]) == 3
+        assert len(row["prefill_s_all"]) == 2
+        spread = row["prefill_s_spread"]
+        assert spread["min"] <= spread["median"] == row["prefill_s"] <= spread["max"]
     for ratios in result["ratios"].values():
         assert set(ratios) >= {"visual_tokens", "prefill_s", "decode_tokens_per_s", "peak_memory_bytes"}
+        assert ratios["prefill_s_spread"]["min"] <= ratios["prefill_s"] <= ratios["prefill_s_spread"]["max"]
     assert result["injection"]["num_stacks"] == 4 and result["injection"]["timed_s"] > 0
     assert set(result["targets"]) == {"injection_le_1pct", "decode_ge_098", "prefill_le_035_next"}
 
@@ -64,3 +73,38 @@ def test_models_share_weights_and_the_stacks_matter(compare_llava):
         with_stacks = deepstack(**inputs["deepstack"]).logits
     torch.testing.assert_close(without, reference, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(with_stacks, reference, atol=1e-3)
+
+
+def test_interleaving_warms_every_model_before_any_round(compare_llava):
+    calls = []
+
+    def runner(name):
+        def run(warm):
+            calls.append((name, warm))
+            return {"prefill_s": 1.0}
+
+        return run
+
+    runs = compare_llava.measure_interleaved({"a": runner("a"), "b": runner("b")}, repeats=2, warmup=1)
+    assert calls == [("a", True), ("b", True), ("a", False), ("b", False), ("a", False), ("b", False)]
+    assert [len(value) for value in runs.values()] == [2, 2]
+
+
+def test_image_preprocessing_benchmark_runs_tiny(tmp_path, capsys):
+    image_preprocessing = load_script("image_preprocessing")
+    out = tmp_path / "images.json"
+    result = image_preprocessing.main(
+        ["--sizes", "40x30", "90x60", "--batch-size-image", "50x40", "--batches", "1", "2", "--repeats", "2",
+         "--batch-repeats", "1", "--crop", "28", "--loader-images", "4", "--loader-batch-size", "2",
+         "--workers", "1", "--json", str(out)]
+    )
+    printed = capsys.readouterr().out
+    assert "ratio" in printed and "DataLoader" in printed and "targets" in printed
+    names = set(image_preprocessing.build_processors(28))
+    assert set(result["per_image"]) == {"40x30", "90x60"} and set(result["batches"]) == {"1", "2"}
+    for rows in [*result["per_image"].values(), *result["batches"].values(), result["dataloader"]]:
+        assert set(rows) == names
+        for name, row in rows.items():
+            assert ("ratio" in row or "ratio_time" in row) == (name != image_preprocessing.REFERENCE)
+    assert result["per_image"]["40x30"]["deepstack_hd_pil"]["ms"]["n"] == 2
+    assert json.loads(out.read_text())["reference"] == image_preprocessing.REFERENCE

@@ -5,19 +5,23 @@ The reference below is written from the SPEC text only (candidate grids, LLaVA-N
 not import anything from ``deepstack_hf``.
 """
 
+import base64
 import io
 import math
+import warnings
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from huggingface_hub.utils import httpx
+from PIL import Image, ImageOps
 
 import deepstack_hf
 from deepstack_hf import DeepStackImageProcessor
 from deepstack_hf.grid_layout import num_views, select_best_grid
+from deepstack_hf.image_processing_deepstack import view_plan
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
@@ -63,11 +67,14 @@ def ref_views(image, num_crops=4, hd=False, crop=336):
     return views
 
 
-def ref_pixels(views):
+def ref_pixels(views, do_rescale=True, rescale_factor=1 / 255, do_normalize=True, mean=CLIP_MEAN, std=CLIP_STD):
+    """CLIP's rescale and normalisation of every view, as transformers 4.39 computed them."""
     out = []
     for view in views:
-        x = (np.asarray(view) * (1 / 255)).astype(np.float32)  # float64 product, then float32
-        x = (x - CLIP_MEAN) / CLIP_STD
+        x = np.asarray(view)
+        x = (x * rescale_factor).astype(np.float32) if do_rescale else x.astype(np.float32)  # float64 product
+        if do_normalize:
+            x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
         out.append(x.transpose(2, 0, 1))
     return np.stack(out)
 
@@ -221,7 +228,9 @@ def test_pil_modes_convert_like_the_original(mode):
         image = base.convert("L").convert(mode)
     else:
         image = base.convert(mode)
-    out = DeepStackImageProcessor(crop_size=28)(image, return_tensors="np")["pixel_values"][0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # I;16 beyond 255: the clipping warning, tested below
+        out = DeepStackImageProcessor(crop_size=28)(image, return_tensors="np")["pixel_values"][0]
     np.testing.assert_array_equal(out, ref_pixels(ref_views(image.convert("RGB"), crop=28)))
 
 
@@ -339,3 +348,166 @@ def test_property_shapes_follow_grid_layout(size, mode, hd, num_crops):
     assert np.isfinite(out["pixel_values"]).all()
     for index, count in enumerate(views):
         assert not np.any(out["pixel_values"][index, count:])
+
+
+def smooth_image(width, height, seed=0, mode="RGB"):
+    """Gradients plus mild noise: photo-like content, where resize filters behave as on real images."""
+    rng = np.random.RandomState(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    planes = [128 + 90 * np.sin(x / (7.0 + c) + y / (11.0 + 2 * c)) + rng.normal(0, 10, (height, width)) for c in range(3)]
+    return Image.fromarray(np.clip(np.stack(planes, -1), 0, 255).astype(np.uint8)).convert(mode)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    size=sizes(),
+    mode=st.sampled_from(MODES + ["RGBX", "YCbCr", "F", "I"]),
+    hd=st.booleans(),
+    num_crops=st.sampled_from([2, 4, 5, 9]),
+    seed=st.integers(0, 10),
+)
+def test_property_pixels_match_reference(size, mode, hd, num_crops, seed):
+    """Bit-exact against the view-by-view reference, on any size, mode, layout and crop count (14-pixel views)."""
+    image = noise_image(*size, seed=seed).convert("L" if mode in ("F", "I") else "RGB").convert(mode)
+    out = DeepStackImageProcessor(crop_size=14, num_crops=num_crops, hd_layout=hd)(image, return_tensors="np")
+    expected = ref_pixels(ref_views(image, num_crops=num_crops, hd=hd, crop=14))
+    np.testing.assert_array_equal(out["pixel_values"][0], expected)
+
+
+@pytest.mark.parametrize("size", [(2000, 1), (1, 2000), (3, 700), (1500, 7), (4000, 3)])
+@pytest.mark.parametrize("hd", [False, True])
+def test_extreme_aspect_ratios_match_reference(size, hd):
+    image = smooth_image(*size, seed=sum(size))
+    out = DeepStackImageProcessor(crop_size=28, hd_layout=hd)(image, return_tensors="np")["pixel_values"][0]
+    np.testing.assert_array_equal(out, ref_pixels(ref_views(image, hd=hd, crop=28)))
+
+
+@pytest.mark.parametrize(
+    "settings_",
+    [
+        {"do_rescale": False},
+        {"do_normalize": False},
+        {"do_rescale": False, "do_normalize": False},
+        {"image_mean": [0.5], "image_std": [0.25]},
+        {"rescale_factor": 1 / 127.5, "image_mean": [1.0, 1.0, 1.0], "image_std": [1.0, 1.0, 1.0]},
+        {"rescale_factor": 0.003},  # no float32 product or quotient gives the float64 result: lookup table
+        {"rescale_factor": 0.5, "image_mean": [0.1, 0.2, 0.3], "image_std": [3.0, 0.7, 0.9]},
+    ],
+)
+def test_normalisation_settings_match_reference(settings_):
+    image = smooth_image(90, 50, seed=3)
+    reference = {
+        "do_rescale": settings_.get("do_rescale", True),
+        "rescale_factor": settings_.get("rescale_factor", 1 / 255),
+        "do_normalize": settings_.get("do_normalize", True),
+        "mean": settings_.get("image_mean", CLIP_MEAN),
+        "std": settings_.get("image_std", CLIP_STD),
+    }
+    for hd in (False, True):
+        out = DeepStackImageProcessor(crop_size=28, hd_layout=hd, **settings_)(image)["pixel_values"][0]
+        np.testing.assert_array_equal(out, ref_pixels(ref_views(image, hd=hd, crop=28), **reference))
+        # and per call, on a processor built with the defaults
+        out = DeepStackImageProcessor(crop_size=28, hd_layout=hd)(image, **settings_)["pixel_values"][0]
+        np.testing.assert_array_equal(out, ref_pixels(ref_views(image, hd=hd, crop=28), **reference))
+
+
+def test_every_level_of_every_channel_matches_reference():
+    """The rescale/normalisation depends on (channel, byte) only: one image holding all 256 levels per channel."""
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    block = np.stack([levels, levels.T, levels[::-1]], axis=-1)
+    image = Image.fromarray(np.concatenate([block, block[::-1, ::-1]]))  # 16x32: grid (1, 2), canvas = the image
+    out = DeepStackImageProcessor(crop_size=16, patch_size=16, num_crops=2)(image)["pixel_values"][0]
+    for channel in range(3):  # the two crops hold every level of every channel
+        recovered = np.rint((out[1:, channel] * CLIP_STD[channel] + CLIP_MEAN[channel]) * 255)
+        assert set(recovered.ravel().tolist()) == set(range(256))
+    np.testing.assert_array_equal(out, ref_pixels(ref_views(image, num_crops=2, crop=16)))
+
+
+def test_view_plan_counts_views():
+    for grid in [(1, 2), (2, 1), (2, 2), (3, 1), (1, 4), (3, 3)]:
+        for num_crops in (4, 9):
+            for hd in (False, True):
+                plan = view_plan(grid, num_crops, hd)
+                assert sum(cols * rows for cols, rows, _ in plan) == num_views(grid, num_crops, hd)
+
+
+# ----------------------------------------------------------------------------- EXIF orientation and wide modes
+def exif_jpeg(path, orientation):
+    """A 60x30 JPEG whose left half is red and right half blue, tagged with an EXIF orientation."""
+    array = np.zeros((30, 60, 3), np.uint8)
+    array[:, :30] = (255, 0, 0)
+    array[:, 30:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(array).save(path, format="JPEG", quality=95, exif=exif.tobytes())
+    return path
+
+
+def test_exif_orientation_applied_alike_to_paths_urls_base64_and_opened_images(tmp_path, monkeypatch):
+    """Orientation 6 (stored sideways, shown rotated 90 degrees clockwise): every route sees the upright 30x60."""
+    path = exif_jpeg(tmp_path / "rotated.jpg", orientation=6)
+    processor = DeepStackImageProcessor(crop_size=14)
+    upright = Image.open(path).transpose(Image.Transpose.ROTATE_270)  # what orientation 6 means, by hand
+    assert upright.size == (30, 60)
+    expected = ref_pixels(ref_views(upright, crop=14))
+
+    class Response:
+        content = path.read_bytes()
+
+        def raise_for_status(self):
+            pass
+
+    monkeypatch.setattr(httpx, "get", lambda url, **kwargs: Response())
+    routes = {
+        "path": str(path),
+        "opened": Image.open(path),
+        "url": "https://example.com/rotated.jpg",
+        "base64": base64.b64encode(path.read_bytes()).decode(),
+    }
+    for route, image in routes.items():
+        out = processor(image)
+        assert out["image_sizes"].tolist() == [[60, 30]], route
+        np.testing.assert_array_equal(out["pixel_values"][0], expected, err_msg=route)
+    # an image already turned upright is not turned again
+    np.testing.assert_array_equal(processor(ImageOps.exif_transpose(Image.open(path)))["pixel_values"][0], expected)
+    # orientation 1 leaves the stored pixels alone
+    plain = exif_jpeg(tmp_path / "plain.jpg", orientation=1)
+    assert processor(str(plain))["image_sizes"].tolist() == [[30, 60]]
+
+
+def test_unreachable_url_is_a_value_error(monkeypatch):
+    def refuse(url, **kwargs):
+        raise httpx.ConnectTimeout("timed out")
+
+    monkeypatch.setattr(httpx, "get", refuse)
+    with pytest.raises(ValueError, match="Could not download the image"):
+        DeepStackImageProcessor(crop_size=14)("https://example.com/x.jpg")
+
+
+def test_16_bit_image_beyond_255_warns_that_it_is_clipped():
+    array = (np.arange(40 * 20, dtype=np.uint16).reshape(20, 40) * 80).astype(np.uint16)
+    image = Image.fromarray(array)
+    assert image.mode == "I;16"
+    with pytest.warns(UserWarning, match=r"mode I;16 with values in \[0, 63920\].*clips them to \[0, 255\]"):
+        out = DeepStackImageProcessor(crop_size=14)(image)
+    np.testing.assert_array_equal(out["pixel_values"][0], ref_pixels(ref_views(image.convert("RGB"), crop=14)))
+
+
+def test_float_image_in_unit_range_warns_that_it_turns_black():
+    image = Image.fromarray(np.linspace(0, 1, 200, dtype=np.float32).reshape(10, 20))
+    with pytest.warns(UserWarning, match=r"mode F.*\[0, 1\].*black"):
+        DeepStackImageProcessor(crop_size=14)(image)
+    wide = Image.fromarray(np.linspace(-50, 500, 200, dtype=np.float32).reshape(10, 20))
+    with pytest.warns(UserWarning, match="clips them"):
+        DeepStackImageProcessor(crop_size=14)(wide)
+
+
+def test_wide_images_within_8_bit_range_do_not_warn():
+    images = [
+        Image.fromarray(np.arange(200, dtype=np.uint16).reshape(10, 20)),  # I;16 holding 8-bit levels
+        Image.fromarray(np.linspace(0, 255, 200, dtype=np.float32).reshape(10, 20)),
+        noise_image(20, 10).convert("L").convert("I"),
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        DeepStackImageProcessor(crop_size=14)(images)

@@ -15,6 +15,7 @@ from transformers import (
 
 from .configuration_deepstack import DeepStackConfig
 from .image_processing_deepstack import DeepStackImageProcessor
+from .image_processing_deepstack_fast import DeepStackImageProcessorFast
 from .modeling_deepstack import DeepStackForConditionalGeneration, DeepStackModel, DeepStackPreTrainedModel
 from .modeling_deepstack_text import SUPPORTED_TEXT_MODELS
 from .modeling_deepstack_vision import DeepStackVisionModel
@@ -23,7 +24,11 @@ from .processing_deepstack import DeepStackProcessor
 AutoConfig.register(DeepStackConfig.model_type, DeepStackConfig, exist_ok=True)
 AutoModel.register(DeepStackConfig, DeepStackModel, exist_ok=True)
 AutoModelForImageTextToText.register(DeepStackConfig, DeepStackForConditionalGeneration, exist_ok=True)
-AutoImageProcessor.register(DeepStackConfig, slow_image_processor_class=DeepStackImageProcessor, exist_ok=True)
+AutoImageProcessor.register(
+    DeepStackConfig,
+    image_processor_classes={"pil": DeepStackImageProcessor, "torchvision": DeepStackImageProcessorFast},
+    exist_ok=True,
+)
 AutoProcessor.register(DeepStackConfig, DeepStackProcessor, exist_ok=True)
 
 __all__ = [
@@ -31,6 +36,7 @@ __all__ = [
     "DeepStackConfig",
     "DeepStackForConditionalGeneration",
     "DeepStackImageProcessor",
+    "DeepStackImageProcessorFast",
     "DeepStackModel",
     "DeepStackPreTrainedModel",
     "DeepStackProcessor",
