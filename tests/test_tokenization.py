@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from slow_llama_tokenizer import slow_llama_encoder
 
-from deepstack_hf.tokenization import slow_compatible_text, tokenizer_from_sentencepiece, train_tiny_sentencepiece
+from deepstack_hf.conversion.tiny_sentencepiece import train_tiny_sentencepiece
+from deepstack_hf.tokenization import slow_compatible_text, tokenizer_from_sentencepiece
 
 
 
