@@ -33,6 +33,7 @@ import torch
 from .config_mapping import OriginalSettings, build_deepstack_config, read_original_settings
 from .errors import ConversionError
 from .model_card import CardInfo, render_model_card
+from .remote_code import write_remote_code
 from .source_checkpoint import load_source_checkpoint, looks_like_hub_id
 from .streaming_safetensors import (
     SAFETENSORS_DTYPES,
@@ -243,7 +244,8 @@ def convert_checkpoint(
             write_index(shards, temp_dir / "model.safetensors.index.json")
         config.save_pretrained(temp_dir)
         _generation_config(checkpoint.directory, tokenizer_info, suppress).save_pretrained(temp_dir)
-        _write_processor(temp_dir, tokenizer_info.tokenizer, settings, tower.preprocessor, tower.vision_config["patch_size"])
+        processor = _write_processor(temp_dir, tokenizer_info.tokenizer, settings, tower.preprocessor, tower.vision_config["patch_size"])
+        write_remote_code(temp_dir, config, processor)  # the package's modules + auto_map: loads without deepstack_hf
         source_id = str(source) if looks_like_hub_id(str(source)) and not Path(source).exists() else None
         card = CardInfo(
             repo_id=hub_repo_id_for_card or push_to_hub or output_dir.name,
