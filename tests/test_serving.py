@@ -1,15 +1,19 @@
 """`deepstack-serve` on loopback: real HTTP requests with the OpenAI client, answers equal to the pipeline's.
 
 The server is started as its own process (the `deepstack-serve` command) on a free port for a tiny converted
-checkpoint, once with the installed package and once with the repo's remote code. The independent expectation is
-`pipeline("image-text-to-text")` on the same messages. Bad requests must get HTTP 400 with a reason, and the
+checkpoint, once as converted (a remote-code repo: module files + `auto_map`) and once stripped of its code (a repo
+only the installed package can load). Either way the server runs the installed package's classes: Transformers
+prefers classes registered in the process over a repo's code, even with `trust_remote_code=True`. The independent
+expectation is `pipeline("image-text-to-text")` on the same messages. Bad requests must get HTTP 400 with a reason, and the
 server must answer the next good request.
 """
 
 import base64
 import http.server
 import io
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -71,12 +75,34 @@ def served_files(tmp_path_factory):
     files.shutdown()
 
 
-def start_server(model_dir, *extra_args):
+@pytest.fixture(scope="module")
+def expected(served_files) -> str:
+    """The pipeline's answer for the picture and QUESTION, greedy, NEW_TOKENS tokens."""
+    model_dir, image_path, _ = served_files
+    pipe = pipeline("image-text-to-text", model=str(model_dir))
+    messages = [{"role": "user", "content": [{"type": "image", "path": str(image_path)}, {"type": "text", "text": QUESTION}]}]
+    answer = pipe(text=messages, max_new_tokens=NEW_TOKENS, return_full_text=False)[0]["generated_text"]
+    assert answer  # the tiny model says something
+    return answer
+
+
+def without_remote_code(repo, destination):
+    """A copy of `repo` without its module files and `auto_map` (as converted before repos carried code)."""
+    shutil.copytree(repo, destination, ignore=shutil.ignore_patterns("*.py"))
+    for name in ("config.json", "processor_config.json", "tokenizer_config.json"):
+        data = json.loads((destination / name).read_text())
+        data.pop("auto_map", None)
+        data.get("image_processor", {}).pop("auto_map", None)
+        (destination / name).write_text(json.dumps(data, indent=2))
+    return destination
+
+
+def start_server(model_dir, hf_home):
     port = free_port()
-    env = {key: value for key, value in os.environ.items() if key != "HF_MODULES_CACHE"}
+    env = dict(os.environ, HF_HOME=str(hf_home))
     process = subprocess.Popen(
         [sys.executable, "-m", "deepstack_hf.serving.cli", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
-         "--device", "cpu", "--dtype", "float32", *extra_args],
+         "--device", "cpu", "--dtype", "float32"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     deadline = time.time() + 240
@@ -92,20 +118,16 @@ def start_server(model_dir, *extra_args):
     raise AssertionError("deepstack-serve did not start in time")
 
 
-@pytest.fixture(scope="module", params=["package", "remote code"])
-def server(request, served_files):
+@pytest.fixture(scope="module", params=["remote-code repo", "package-only repo"])
+def server(request, served_files, tmp_path_factory):
     model_dir = served_files[0]
-    process, port = start_server(model_dir, *(["--trust-remote-code"] if request.param == "remote code" else []))
+    if request.param == "package-only repo":
+        model_dir = without_remote_code(model_dir, tmp_path_factory.mktemp("plain") / "tiny-serve")
+    process, port = start_server(model_dir, tmp_path_factory.mktemp("hf_home"))
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
     yield client, str(model_dir)
     process.terminate()
     process.wait(timeout=30)
-
-
-def pipeline_answer(model_dir, image_path) -> str:
-    pipe = pipeline("image-text-to-text", model=str(model_dir))
-    messages = [{"role": "user", "content": [{"type": "image", "path": str(image_path)}, {"type": "text", "text": QUESTION}]}]
-    return pipe(text=messages, max_new_tokens=NEW_TOKENS, return_full_text=False)[0]["generated_text"]
 
 
 def data_uri(image) -> str:
@@ -125,11 +147,9 @@ def ask(client, model, *image_urls, stream=False):
     return response.choices[0].message.content
 
 
-def test_answers_equal_the_pipeline_for_every_image_source(server, served_files):
+def test_answers_equal_the_pipeline_for_every_image_source(server, served_files, expected):
     client, model = server
-    model_dir, image_path, image_url = served_files
-    expected = pipeline_answer(model_dir, image_path)
-    assert expected  # the tiny model says something
+    _, image_path, image_url = served_files
     assert ask(client, model, data_uri(picture())) == expected
     assert ask(client, model, str(image_path)) == expected
     assert ask(client, model, image_url) == expected
@@ -144,12 +164,12 @@ def refused(client, model, *image_urls) -> str:
     return error.value.response.json()["detail"]
 
 
-def test_bad_requests_get_400_and_the_server_keeps_serving(server, served_files):
+def test_bad_requests_get_400_and_the_server_keeps_serving(server, served_files, expected):
     client, model = server
-    model_dir, image_path, _ = served_files
+    _, image_path, _ = served_files
     assert "pinned" in refused(client, "no-such/model", str(image_path))
     garbage = "data:image/png;base64," + base64.b64encode(b"not an image").decode()
     assert refused(client, model, garbage).startswith("Could not read image 1 (data:image/png;base64,")
     assert refused(client, model, str(image_path), str(image_path) + ".missing").startswith("Could not read image 2")
     assert f"context of {CONTEXT} tokens" in refused(client, model, *[str(image_path)] * 4)
-    assert ask(client, model, str(image_path)) == pipeline_answer(model_dir, image_path)
+    assert ask(client, model, str(image_path)) == expected

@@ -7,8 +7,9 @@ Installed with the `lmms-eval` extra; lmms-eval finds it through the `lmms_eval.
         --model_args pretrained=deepstack-hf/deepstack-l-hd-vicuna-7b,dtype=float16 \
         --tasks textvqa_val --batch_size 8
 
-The model and processor load through the Auto classes, so `pretrained` is a converted repo (Hub id or folder)
-served either by this package or by the repo's own code (`trust_remote_code=True`). Each request's images
+The model and processor load through the Auto classes, so `pretrained` is any converted repo (Hub id or folder),
+with or without the module files the converter adds; the classes that run are this package's (Transformers prefers
+classes registered in the process over a repo's code). Each request's images
 (`doc_to_visual`) and text (`doc_to_text`) become one user turn of the checkpoint's chat template, images first,
 as the original evaluation put `<image>` before the question; a batch is padded on the left and generated at once.
 With `accelerate launch`, each process evaluates its shard of the requests on its own GPU.
@@ -41,7 +42,7 @@ class DeepStackLMMs(lmms):
 
     Model arguments (`--model_args key=value,...`): `pretrained` (repo id or folder), `revision`, `device`
     (default: the accelerate process's GPU, else `cpu`), `dtype` (`auto`, `float16`, `bfloat16`, `float32`),
-    `batch_size`, `trust_remote_code`, `attn_implementation`.
+    `batch_size`, `attn_implementation`.
     """
 
     is_simple = True
@@ -53,7 +54,6 @@ class DeepStackLMMs(lmms):
         device: str | None = None,
         dtype: str = "auto",
         batch_size: int | str = 1,
-        trust_remote_code: bool = False,
         attn_implementation: str | None = None,
         **kwargs,
     ) -> None:
@@ -67,11 +67,10 @@ class DeepStackLMMs(lmms):
         self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
         self.accelerator = accelerator
 
-        load = {"revision": revision, "trust_remote_code": trust_remote_code}
-        self.processor = AutoProcessor.from_pretrained(pretrained, **load)
+        self.processor = AutoProcessor.from_pretrained(pretrained, revision=revision)
         self.processor.tokenizer.padding_side = "left"
         self._model = AutoModelForImageTextToText.from_pretrained(
-            pretrained, dtype=dtype, attn_implementation=attn_implementation, **load
+            pretrained, revision=revision, dtype=dtype, attn_implementation=attn_implementation
         ).to(self._device)
         self._model.eval()
         self.batch_size_per_gpu = int(batch_size)

@@ -1,7 +1,9 @@
 """`deepstack-serve MODEL`: `transformers serve`'s OpenAI-compatible app, pinned to one DeepStack model.
 
-    deepstack-serve deepstack-hf/deepstack-l-vicuna-7b [--host 127.0.0.1] [--port 8000] [--trust-remote-code]
-        [--device auto] [--dtype auto]
+    deepstack-serve deepstack-hf/deepstack-l-vicuna-7b [--host 127.0.0.1] [--port 8000] [--device auto] [--dtype auto]
+
+MODEL is a converted repo, with or without the module files the converter adds: the server always runs this
+package's classes (Transformers prefers classes registered in the process over a repo's code).
 
 Endpoints (Transformers' `build_server`): POST /v1/chat/completions (streaming and not; images as `image_url`:
 http(s) URL, `data:image/...;base64,` URI or a path on the server), POST /v1/responses, GET /v1/models, GET /health.
@@ -18,7 +20,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 
 
-def build_app(model: str, trust_remote_code: bool = False, device: str = "auto", dtype: str = "auto"):
+def build_app(model: str, device: str = "auto", dtype: str = "auto"):
     """The FastAPI app of `transformers serve` for `model` (loaded now), with DeepStack's manager and handler."""
     from transformers.cli.serving.completion import CompletionHandler
     from transformers.cli.serving.response import ResponseHandler
@@ -30,7 +32,7 @@ def build_app(model: str, trust_remote_code: bool = False, device: str = "auto",
     from .chat_completion import DeepStackChatCompletionHandler
     from .model_manager import DeepStackModelManager
 
-    manager = DeepStackModelManager(device=device, dtype=dtype, trust_remote_code=trust_remote_code, force_model=model)
+    manager = DeepStackModelManager(device=device, dtype=dtype, force_model=model)
     state = GenerationState()
     return build_server(
         manager,
@@ -50,9 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("model", help="converted DeepStack repo: Hub id or local folder")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"listen address (default {DEFAULT_HOST})")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"listen port (default {DEFAULT_PORT})")
-    parser.add_argument(
-        "--trust-remote-code", action="store_true", help="run the repo's own copy of the DeepStack code"
-    )
     parser.add_argument("--device", default="auto", help="device map: auto, cpu, cuda, cuda:1, ... (default auto)")
     parser.add_argument("--dtype", default="auto", help="auto (the checkpoint's), float16, bfloat16 or float32")
     parser.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
@@ -67,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     try:
-        app = build_app(args.model, trust_remote_code=args.trust_remote_code, device=args.device, dtype=args.dtype)
+        app = build_app(args.model, device=args.device, dtype=args.dtype)
     except (OSError, ValueError) as error:
         print(f"error: cannot load {args.model}: {error}", file=sys.stderr)
         return 1

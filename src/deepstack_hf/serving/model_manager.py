@@ -1,4 +1,4 @@
-"""`transformers serve`'s model manager, taught to load DeepStack (package classes or the repo's remote code)."""
+"""`transformers serve`'s model manager, taught to load DeepStack through the Auto classes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from ..configuration_deepstack import DeepStackConfig
 
 
 def is_deepstack(model_or_config) -> bool:
-    """Whether a model (or config) is DeepStack, whichever copy of the classes defines it (package or repo code)."""
+    """Whether a model (or config) is DeepStack, by model type (whichever copy of the classes defines it)."""
     config = getattr(model_or_config, "config", model_or_config)
     return getattr(config, "model_type", None) == DeepStackConfig.model_type
 
