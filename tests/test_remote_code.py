@@ -175,7 +175,8 @@ def test_converted_repo_ships_the_package_modules_and_auto_map(converted):
     assert processor_config["image_processor"]["auto_map"]["AutoImageProcessor"] == (
         "image_processing_deepstack.DeepStackImageProcessor"
     )
-    assert (repo / "README.md").read_text().startswith("---")  # the model card is kept
+    card = (repo / "README.md").read_text()  # the model card is kept and says how to load and remake the repo
+    assert card.startswith("---") and "trust_remote_code=True" in card and "deepstack-convert" in card
 
 
 def test_shipped_modules_import_only_what_plain_transformers_installs(converted):
