@@ -22,6 +22,8 @@ class DeepStackModelManager(ModelManager):
     modality by class name among Transformers' own models; neither knows DeepStack. Other models load as upstream.
     """
 
+    # Adapted from `ModelManager._load_model` (transformers/cli/serving/model_manager.py): the same loading
+    # arguments, with the Auto class that knows DeepStack instead of a lookup on the `transformers` module.
     def _load_model(self, model_id_and_revision: str, tqdm_class=None, progress_callback=None, gguf_file=None):
         model_id, revision = model_id_and_revision.split("@", 1)
         config = AutoConfig.from_pretrained(model_id, revision=revision, trust_remote_code=self.trust_remote_code)
