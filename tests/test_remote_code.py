@@ -52,12 +52,14 @@ from transformers import (AutoConfig, AutoImageProcessor, AutoModel, AutoModelFo
 
 source, image_path, question, new_tokens, out = sys.argv[1:6]
 result = {"refusals": {}}
-for auto in (AutoConfig, AutoProcessor, AutoModelForImageTextToText):
+loaders = {auto.__name__: auto.from_pretrained for auto in
+           (AutoConfig, AutoModel, AutoModelForImageTextToText, AutoImageProcessor, AutoProcessor)}
+loaders["pipeline"] = lambda source: pipeline("image-text-to-text", model=source)
+for name, load in loaders.items():
     try:
-        obj = auto.from_pretrained(source)
-        result["refusals"][auto.__name__] = f"loaded {type(obj).__name__}"
+        result["refusals"][name] = f"loaded {type(load(source)).__name__}"
     except ValueError as error:
-        result["refusals"][auto.__name__] = str(error)
+        result["refusals"][name] = str(error)
 
 config = AutoConfig.from_pretrained(source, trust_remote_code=True)
 base = AutoModel.from_pretrained(source, trust_remote_code=True)
@@ -209,8 +211,9 @@ def test_loads_without_the_package_like_the_package(converted, layout, tmp_path)
     remote = run_without_package(source, image_path, tmp_path / "result.json", hf_home)
     reference = package_reference(result.output_dir, image_path)
 
-    for auto_name, message in remote["refusals"].items():
-        assert "trust_remote_code=True" in message, (auto_name, message)
+    assert len(remote["refusals"]) == 6
+    for loader, message in remote["refusals"].items():
+        assert "trust_remote_code=True" in message, (loader, message)
     for name, (class_name, module) in remote["classes"].items():
         assert module.startswith("transformers_modules.") and module_marker in module, (name, module)
     assert [class_name for class_name, _ in remote["classes"].values()] == [
