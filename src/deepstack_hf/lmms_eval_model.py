@@ -70,8 +70,8 @@ class DeepStackLMMs(lmms):
         self.processor = AutoProcessor.from_pretrained(pretrained, revision=revision)
         self.processor.tokenizer.padding_side = "left"
         self._model = AutoModelForImageTextToText.from_pretrained(
-            pretrained, revision=revision, dtype=dtype, attn_implementation=attn_implementation
-        ).to(self._device)
+            pretrained, revision=revision, dtype=dtype, attn_implementation=attn_implementation, device_map=self._device
+        )
         self._model.eval()
         self.batch_size_per_gpu = int(batch_size)
 
