@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 
 import deepstack_hf
 from deepstack_hf.conversion import convert_checkpoint
-from deepstack_hf.conversion.remote_code import AUTO_CLASSES, registered_for_auto_classes
+from deepstack_hf.conversion.remote_code import AUTO_CLASSES, registered_for_auto_classes, write_remote_code
 from deepstack_hf.conversion.synthetic_checkpoint import build_synthetic_checkpoint
 from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 from transformers.dynamic_module_utils import get_imports
@@ -189,13 +189,22 @@ def test_shipped_modules_import_only_what_plain_transformers_installs(converted)
         assert not extra, f"{path.name} imports {sorted(extra)}, which plain Transformers does not install"
 
 
-def test_saving_with_the_package_writes_no_code_outside_the_converter(tmp_path, converted):
+def test_a_resaved_model_is_made_self_contained_again(tmp_path, converted):
+    """Saving with the package writes no code (but keeps the loaded `auto_map`); `write_remote_code` restores it."""
     repo = converted[1].output_dir
     with registered_for_auto_classes():
         assert all(cls._auto_class == auto for cls, auto in AUTO_CLASSES.items())
     assert all(cls._auto_class is None for cls in AUTO_CLASSES)
-    AutoProcessor.from_pretrained(repo).save_pretrained(tmp_path)
+
+    model = AutoModelForImageTextToText.from_pretrained(repo)
+    processor = AutoProcessor.from_pretrained(repo)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
     assert not list(tmp_path.glob("*.py"))
+    write_remote_code(tmp_path, model.config, processor)
+    assert sorted(path.name for path in tmp_path.glob("*.py")) == sorted(path.name for path in repo.glob("*.py"))
+    for name in ("config.json", "processor_config.json"):
+        assert json.loads((tmp_path / name).read_text())["auto_map"] == json.loads((repo / name).read_text())["auto_map"]
 
 
 @pytest.mark.parametrize("layout", ["local folder", "hub cache snapshot"])
