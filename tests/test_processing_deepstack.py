@@ -14,7 +14,8 @@ from deepstack_hf import DeepStackImageProcessor, DeepStackProcessor
 from deepstack_hf.chat_templates import PHI3_INSTRUCT_TEMPLATE, VICUNA_V1_TEMPLATE
 from slow_llama_tokenizer import slow_llama_encoder
 
-from deepstack_hf.tokenization import tokenizer_from_sentencepiece, train_tiny_sentencepiece
+from deepstack_hf.conversion.tiny_sentencepiece import train_tiny_sentencepiece
+from deepstack_hf.tokenization import tokenizer_from_sentencepiece
 
 IMAGE_ID = 300
 

@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 from slow_llama_tokenizer import chunkwise_ids, slow_llama_encoder
 
-from deepstack_hf.tokenization import tokenizer_from_sentencepiece, train_tiny_sentencepiece
+from deepstack_hf.conversion.tiny_sentencepiece import train_tiny_sentencepiece
+from deepstack_hf.tokenization import tokenizer_from_sentencepiece
+
 
 @pytest.fixture(scope="module")
 def sp_model_path(tmp_path_factory):

@@ -11,6 +11,8 @@ Modules (one concept each):
 * `streaming_safetensors`: header parsing and bounded-memory shard writing by file offsets;
 * `original_reference`: an independent plain-torch implementation of the original model (for `--verify`);
 * `synthetic_checkpoint`: tiny random original-format checkpoints (tests, demo, benchmark);
+* `tiny_sentencepiece`: a tiny Llama-style SentencePiece model trained on the spot (for `synthetic_checkpoint`, tests);
+* `remote_code`: the package's runtime modules + `auto_map` in the converted repo (loads without deepstack_hf);
 * `model_card`: the model card template (README.md and `model_cards/*.md`);
 * `hub_upload`: `--push-to-hub` and its dry run.
 """

@@ -40,6 +40,7 @@ from .config_mapping import OriginalSettings, build_deepstack_config, read_origi
 from .errors import ConversionError
 from .model_card import CardInfo, render_model_card
 from .output_claim import OutputClaim
+from .remote_code import write_remote_code
 from .source_checkpoint import SourceCheckpoint, SourceFolder, load_source_checkpoint, looks_like_hub_id
 from .streaming_safetensors import (
     FLOAT_DTYPES,
@@ -326,7 +327,8 @@ def write_plan(plan: ConversionPlan, directory: Path, clamp_fp16: bool = False, 
     _generation_config(plan.checkpoint.directory, plan.tokenizer_info, plan.suppress).save_pretrained(directory)
     image_settings = image_processor_settings(plan.tower.preprocessor, plan.tower.directory)
     patch_size = plan.tower.vision_config["patch_size"]
-    _write_processor(directory, plan.tokenizer_info.tokenizer, plan.settings, image_settings, patch_size)
+    processor = _write_processor(directory, plan.tokenizer_info.tokenizer, plan.settings, image_settings, patch_size)
+    write_remote_code(directory, plan.config, processor)  # the package's modules + auto_map: loads without deepstack_hf
     (directory / "README.md").write_text(render_model_card(plan.card))
     return report
 

@@ -87,6 +87,18 @@ def _scores(info: CardInfo) -> str:
     return header + body + "\n" + note + "\n"
 
 
+def _provenance(info: CardInfo) -> str:
+    source = info.source or "ORIGINAL_CHECKPOINT_DIR"
+    return (
+        f"`{info.repo_id}` is what the converter of the `deepstack-hf` package (`deepstack-convert`) writes for "
+        f"`{source}`:\n\n"
+        f"```bash\npip install .  # in a checkout of deepstack-hf\n"
+        f"deepstack-convert {source} {info.repo_id.split('/')[-1]} --verify --push-to-hub {info.repo_id}\n```\n\n"
+        "`--verify` compares the converted model with an independent implementation of the original on the original "
+        "weights (logits within 1e-4 in fp32, same greedy tokens) before the output is moved into place or uploaded."
+    )
+
+
 def render_body(info: CardInfo) -> str:
     name = info.repo_id.split("/")[-1]
     variant = "DeepStack-V" if info.vision_split_layer is not None else "DeepStack-L-HD" if info.hd else "DeepStack-L"
@@ -122,15 +134,16 @@ The context stays as short as LLaVA-1.5's while the model sees 4x more pixels.
 
 ## Usage
 
-`import deepstack_hf` registers DeepStack with the Transformers Auto classes and pipelines.
+This repository carries its own code (the `deepstack_hf` package's modules and an `auto_map`), so plain
+Transformers (>= 5.17) loads it with `trust_remote_code=True`. With the `deepstack-hf` package installed, use
+`import deepstack_hf` instead: the installed package's classes then run and no code from the repository does.
 
 ### Pipeline
 
 ```python
-import deepstack_hf  # registers the model type
 from transformers import pipeline
 
-pipe = pipeline("image-text-to-text", model="{info.repo_id}", dtype="auto", device_map="auto")
+pipe = pipeline("image-text-to-text", model="{info.repo_id}", trust_remote_code=True, dtype="auto", device_map="auto")
 messages = [{{"role": "user", "content": [
     {{"type": "image", "url": "https://llava-vl.github.io/static/images/view.jpg"}},
     {{"type": "text", "text": "What is shown in this image?"}},
@@ -142,12 +155,13 @@ print(pipe(text=messages, max_new_tokens=64, return_full_text=False)[0]["generat
 
 ```python
 import torch
-import deepstack_hf
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-processor = AutoProcessor.from_pretrained("{info.repo_id}")
-model = AutoModelForImageTextToText.from_pretrained("{info.repo_id}", dtype=torch.float16, device_map="auto")
+processor = AutoProcessor.from_pretrained("{info.repo_id}", trust_remote_code=True)
+model = AutoModelForImageTextToText.from_pretrained(
+    "{info.repo_id}", trust_remote_code=True, dtype=torch.float16, device_map="auto"
+)
 
 messages = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": "What is shown in this image?"}}]}}]
 prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
@@ -162,15 +176,23 @@ Batches (left padding is the saved default) and several images per prompt work a
 
 ```python
 import torch
-import deepstack_hf
 from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
 
 quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float16, bnb_4bit_quant_type="nf4")
-model = AutoModelForImageTextToText.from_pretrained("{info.repo_id}", quantization_config=quantization, device_map="auto")
+model = AutoModelForImageTextToText.from_pretrained(
+    "{info.repo_id}", trust_remote_code=True, quantization_config=quantization, device_map="auto"
+)
 ```
 
 The language model's Linear layers are quantized; the CLIP tower, the projector and `lm_head` stay in the compute
 dtype by default (they feed every stack, so their error would be added several times).
+
+### Serving and evaluation (the `deepstack-hf` package with its `serving` / `lmms-eval` extra)
+
+```bash
+deepstack-serve {info.repo_id} --port 8000   # OpenAI-compatible /v1/chat/completions, images as image_url
+python -m lmms_eval --model deepstack --model_args pretrained={info.repo_id},dtype=float16 --tasks textvqa_val --batch_size 8
+```
 
 ## Prompt format
 
@@ -188,6 +210,8 @@ replaces `<image>` with the image's visual tokens.
 
 {_scores(info)}
 ## Conversion notes
+
+{_provenance(info)}
 
 - Weights: decoder, projector{", `image_newline`" if info.hd else ""} and lm_head from the original checkpoint; CLIP
   weights from {info.vision_weights} (the original loader's rule: the checkpoint's copy of CLIP only when

@@ -139,7 +139,7 @@ def build_vision_tower(directory: Path, seed: int = 0) -> dict:
 
 def _tokenizer_files(directory: Path, phi: bool, vocab_size: int) -> int:
     """tokenizer.model + tokenizer_config.json + special_tokens_map.json; returns the slow tokenizer's length."""
-    from ..tokenization import train_tiny_sentencepiece
+    from .tiny_sentencepiece import train_tiny_sentencepiece
 
     train_tiny_sentencepiece(directory / "tokenizer.model", vocab_size=vocab_size)
     import sentencepiece as spm

@@ -1,0 +1,169 @@
+"""lmms-eval model plugin: `--model deepstack` evaluates any DeepStack checkpoint, batched.
+
+Installed with the `lmms-eval` extra; lmms-eval finds it through the `lmms_eval.models` entry point
+(`deepstack = "deepstack_hf.lmms_eval_model:manifest"` in pyproject.toml), so no file of lmms-eval is edited.
+
+    python -m lmms_eval --model deepstack \
+        --model_args pretrained=deepstack-hf/deepstack-l-hd-vicuna-7b,dtype=float16 \
+        --tasks textvqa_val --batch_size 8
+
+The model and processor load through the Auto classes, so `pretrained` is any converted repo (Hub id or folder),
+with or without the module files the converter adds; the classes that run are this package's (Transformers prefers
+classes registered in the process over a repo's code). Each request's images
+(`doc_to_visual`) and text (`doc_to_text`) become one user turn of the checkpoint's chat template, images first,
+as the original evaluation put `<image>` before the question; a batch is padded on the left and generated at once.
+With `accelerate launch`, each process evaluates its shard of the requests on its own GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+from accelerate import Accelerator
+from lmms_eval import utils
+from lmms_eval.api.instance import Instance
+from lmms_eval.api.model import lmms
+from lmms_eval.models.registry_v2 import ModelManifest
+from tqdm import tqdm
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+import deepstack_hf  # noqa: F401  (registers DeepStack with the Auto classes)
+
+MODEL_NAME = "deepstack"
+DEFAULT_MAX_NEW_TOKENS = 1024
+
+
+def manifest() -> ModelManifest:
+    """The `lmms_eval.models` entry point: `--model deepstack` -> `DeepStackLMMs`."""
+    return ModelManifest(model_id=MODEL_NAME, simple_class_path=f"{__name__}.DeepStackLMMs")
+
+
+class DeepStackLMMs(lmms):
+    """lmms-eval's `generate_until` for DeepStack.
+
+    Model arguments (`--model_args key=value,...`): `pretrained` (repo id or folder), `revision`, `device`
+    (default: the accelerate process's GPU, else `cpu`), `dtype` (`auto`, `float16`, `bfloat16`, `float32`),
+    `batch_size`, `attn_implementation`.
+    """
+
+    is_simple = True
+
+    def __init__(
+        self,
+        pretrained: str,
+        revision: str = "main",
+        device: str | None = None,
+        dtype: str = "auto",
+        batch_size: int | str = 1,
+        attn_implementation: str | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__()
+        if kwargs:
+            raise ValueError(f"Unknown model arguments for `{MODEL_NAME}`: {sorted(kwargs)}")
+        accelerator = Accelerator()
+        if device is None:
+            device = str(accelerator.device)
+        self._device = torch.device(device)
+        self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
+        self.accelerator = accelerator
+
+        self.processor = AutoProcessor.from_pretrained(pretrained, revision=revision)
+        self.processor.tokenizer.padding_side = "left"
+        self._model = AutoModelForImageTextToText.from_pretrained(
+            pretrained, revision=revision, dtype=dtype, attn_implementation=attn_implementation, device_map=self._device
+        )
+        self._model.eval()
+        self.batch_size_per_gpu = int(batch_size)
+
+    @property
+    def model(self):
+        return self._model
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch_size_per_gpu
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def rank(self) -> int:
+        return self._rank
+
+    @property
+    def world_size(self) -> int:
+        return self._world_size
+
+    def prompt(self, context: str, num_images: int) -> str:
+        """One user turn: `num_images` images, then the task's text, rendered by the checkpoint's chat template."""
+        content = [{"type": "image"}] * num_images + [{"type": "text", "text": context}]
+        return self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+
+    def generate_until(self, requests: list[Instance]) -> list[str]:
+        # Requests with the same generation arguments are batched, longest text first (lmms-eval's Collator).
+        batches = utils.Collator([request.args for request in requests], lambda args: (-len(args[0]), args[0]), grouping=True)
+        results = []
+        progress = tqdm(total=len(requests), disable=self.rank != 0, desc="DeepStack responding")
+        for chunk in batches.get_batched(n=self.batch_size, batch_fn=None):
+            contexts, all_gen_kwargs, doc_to_visual, doc_ids, tasks, splits = zip(*chunk)
+            visuals = [
+                list(to_visual(self.task_dict[task][split][doc_id]) or [])
+                for to_visual, doc_id, task, split in zip(doc_to_visual, doc_ids, tasks, splits)
+            ]
+            texts = self.generate_batch(contexts, visuals, dict(all_gen_kwargs[0]))
+            for context, gen_kwargs, text in zip(contexts, all_gen_kwargs, texts):
+                self.cache_hook.add_partial("generate_until", (context, gen_kwargs), text)
+            results.extend(texts)
+            progress.update(len(chunk))
+        progress.close()
+        return batches.get_original(results)
+
+    def generate_batch(self, contexts, visuals, gen_kwargs: dict) -> list[str]:
+        """Answers for one batch: `contexts[i]` with the PIL images `visuals[i]`; lmms-eval's generation keys."""
+        until = gen_kwargs.pop("until", None) or []
+        until = [until] if isinstance(until, str) else list(until)
+        temperature = float(gen_kwargs.pop("temperature", 0) or 0)
+        generate_kwargs = {
+            "max_new_tokens": int(gen_kwargs.pop("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)),
+            "num_beams": int(gen_kwargs.pop("num_beams", 1)),
+            "do_sample": temperature > 0,
+        }
+        if temperature > 0:
+            generate_kwargs["temperature"] = temperature
+            if gen_kwargs.get("top_p") is not None:
+                generate_kwargs["top_p"] = float(gen_kwargs["top_p"])
+
+        prompts = [self.prompt(context, len(images)) for context, images in zip(contexts, visuals)]
+        images = [image for per_request in visuals for image in per_request]
+        inputs = self.processor(images=images or None, text=prompts, padding=True, return_tensors="pt")
+        inputs = inputs.to(self.device, self.model.dtype)  # casts floating tensors (pixels) only
+        with torch.inference_mode():
+            output = self.model.generate(**inputs, **generate_kwargs)
+        answers = self.processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        return [self.cut_at_stop(answer, until) for answer in answers]
+
+    @staticmethod
+    def cut_at_stop(text: str, until: list[str]) -> str:
+        """The text before the first of the task's stop strings (lmms-eval's `until`)."""
+        for stop in until:
+            if stop:
+                text = text.split(stop, 1)[0]
+        return text
+
+    def loglikelihood(self, requests):
+        raise NotImplementedError("The DeepStack lmms-eval model implements generate_until tasks only.")
+
+    def generate_until_multi_round(self, requests):
+        raise NotImplementedError("The DeepStack lmms-eval model implements single-round generate_until only.")
+
+
+__all__ = ["DeepStackLMMs", "manifest"]
