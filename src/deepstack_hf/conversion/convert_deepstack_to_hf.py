@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +60,8 @@ logger = logging.getLogger("deepstack_hf.conversion")
 
 DTYPE_CHOICES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 VERIFY_TOLERANCE = 1e-4
+# Modules `--verify` streams from disk (accelerate's per-module hooks load their weights when they run).
+STREAMED_MODULES = ("model.vision_tower", "model.language_model", "lm_head")
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 
 
@@ -417,12 +420,15 @@ def verify_conversion(
 ) -> VerificationReport:
     """Compare the converted model (fp32) with the independent original implementation on one image + prompt.
 
-    The reference runs first and is freed before the converted model is loaded, so peak memory is one fp32 copy
-    of the model plus activations. `weight_dtype` rounds the reference's weights to the dtype the converted
-    model was saved in (identity for the checkpoint's own bf16 weights; it matters for an fp32 CLIP tower saved in
-    16 bits).
+    Both sides stream their weights, so a 7B checkpoint verifies in well under 24 GB: the reference reads each
+    original tensor from its file when it uses it and drops it after, and the converted model is loaded the way
+    Transformers loads a model too big for memory, `device_map` "disk" (accelerate hooks load each module's
+    weights from the converted safetensors just before it runs, cast to fp32, and free them after). Peak memory is
+    the largest module in fp32 plus activations. The reference runs first and is freed before. `weight_dtype`
+    rounds the reference's weights to the dtype the converted model was saved in (identity for the checkpoint's
+    own bf16 weights; it matters for an fp32 CLIP tower saved in 16 bits).
     """
-    from .original_reference import IMAGE_PLACEHOLDER, OriginalDeepStack, original_prompt
+    from .original_reference import OriginalDeepStack, original_prompt
 
     image = image or verification_image()
     reference = OriginalDeepStack(original_dir, vision_tower_dir, vision_weights, weight_dtype=weight_dtype)
@@ -443,8 +449,37 @@ def verify_conversion(
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     processor = AutoProcessor.from_pretrained(converted_dir)
-    model = AutoModelForImageTextToText.from_pretrained(converted_dir, dtype=torch.float32)
-    model.eval()
+    with tempfile.TemporaryDirectory(prefix="deepstack-verify-") as offload_folder:
+        model = AutoModelForImageTextToText.from_pretrained(
+            converted_dir, dtype=torch.float32, device_map=_verify_device_map(converted_dir), offload_folder=offload_folder
+        )
+        model.eval()
+        return _compare_with_reference(model, processor, image, question, prompt, ref_ids, ref_logits, ref_tokens,
+                                       max_new_tokens)
+
+
+def _verify_device_map(converted_dir) -> dict[str, str]:
+    """`STREAMED_MODULES` on "disk", every other child and bare parameter of the model on "cpu".
+
+    The small rest stays in memory: `image_newline` in particular is a bare parameter that the HD layout reads
+    outside any submodule's forward (generate() encodes images before the first forward), where no hook loads it.
+    """
+    from transformers import AutoConfig
+
+    from ..modeling_deepstack import DeepStackForConditionalGeneration
+
+    with torch.device("meta"):
+        model = DeepStackForConditionalGeneration(AutoConfig.from_pretrained(converted_dir))
+    names = [f"model.{name}" for name, _ in model.model.named_children()]
+    names += [f"model.{name}" for name, _ in model.model.named_parameters(recurse=False)] + ["lm_head"]
+    return {name: "disk" if name in STREAMED_MODULES else "cpu" for name in names}
+
+
+def _compare_with_reference(model, processor, image, question, prompt, ref_ids, ref_logits, ref_tokens,
+                            max_new_tokens) -> VerificationReport:
+    """Run the converted model on the reference's image and question; compare ids, logits and greedy tokens."""
+    from .original_reference import IMAGE_PLACEHOLDER
+
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = processor(images=[image], text=[text], return_tensors="pt")

@@ -18,7 +18,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx2  # huggingface_hub's HTTP client
+try:  # huggingface_hub's HTTP client: httpx2 from huggingface_hub 2, httpx before
+    import httpx2
+except ImportError:  # pragma: no cover
+    import httpx as httpx2
 
 from .errors import ConversionError
 from .streaming_safetensors import TensorRecord, read_header
