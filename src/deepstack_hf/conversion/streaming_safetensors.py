@@ -326,8 +326,9 @@ class CastReport:
         if dtype != torch.float16 or block.dtype == torch.float16 or not block.is_floating_point():
             return block.to(dtype)
         too_big = block.isfinite() & (block.abs() >= FP16_OVERFLOW)
-        if self.clamp:
-            block = torch.where(too_big, block.clamp(-FP16_MAX, FP16_MAX), block)
+        if self.clamp and bool(too_big.any()):  # clamp in fp32: +-65504 rounds up to 65536 in bfloat16
+            wide = block.to(torch.float32)
+            block = torch.where(too_big, wide.clamp(-FP16_MAX, FP16_MAX), wide)
         out = block.to(dtype)
         for counts, value in (
             (self.overflow, int(too_big.sum())),
