@@ -107,7 +107,7 @@ def run_demo(
         source_path = source
         dtype = torch.float16 if torch.cuda.is_available() else torch.float32
         device_map = "auto" if torch.cuda.is_available() else None
-        verify = False  # a 7B fp32 reference needs ~30 GB of RAM; run deepstack-convert --verify for that
+        verify = False  # a 7B reference forward takes many minutes on CPU; run deepstack-convert --verify for that
 
     _step(2, f"Converting to the Transformers format in {converted}" + (" (with --verify)" if verify else ""))
     result = convert_checkpoint(

@@ -234,7 +234,7 @@ def index_weight_files(directory: Path, what: str) -> tuple[dict[str, TensorReco
 def check_source_links(directory: Path, what: str) -> None:
     """Refuse any file the converter may read (CHECKPOINT_PATTERNS) that links outside the folder's root."""
     folder = SourceFolder.of(directory)
-    for pattern in CHECKPOINT_PATTERNS + ["*.model", "*.py"]:
+    for pattern in CHECKPOINT_PATTERNS + ["*.model"]:
         for path in directory.glob(pattern):
             folder.file(path.name, what)
 
