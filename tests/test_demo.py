@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from deepstack_hf.demo import main, run_demo
+from deepstack_hf.demo import main, prepare_work_dir, run_demo
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
@@ -18,12 +18,22 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert (tmp_path / "demo" / "demo_image.png").is_file()
 
 
-def test_demo_cli_overwrites_its_work_dir(tmp_path):
+def test_demo_cli_refuses_a_folder_it_did_not_create(tmp_path, capsys):
     work = tmp_path / "w"
     work.mkdir()
-    (work / "stale.txt").write_text("old")
+    (work / "notes.txt").write_text("precious")
+    assert main(["--work-dir", str(work), "--max-new-tokens", "2", "--no-verify"]) == 1
+    assert "was not created by the demo" in capsys.readouterr().err
+    assert [p.name for p in work.iterdir()] == ["notes.txt"] and (work / "notes.txt").read_text() == "precious"
+
+
+def test_demo_cli_reuses_its_own_work_dir_cleaning_only_its_outputs(tmp_path):
+    work = tmp_path / "w"
     assert main(["--work-dir", str(work), "--max-new-tokens", "2", "--no-verify", "--hd"]) == 0
-    assert not (work / "stale.txt").exists()
+    (work / "notes.txt").write_text("mine")
+    (work / "converted" / "stale.txt").write_text("old output")
+    prepare_work_dir(work)
+    assert sorted(p.name for p in work.iterdir()) == [".deepstack-demo", "notes.txt"]
 
 
 def test_module_entry_point_help():

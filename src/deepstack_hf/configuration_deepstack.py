@@ -6,15 +6,9 @@ from huggingface_hub.dataclasses import strict
 from transformers import CONFIG_MAPPING, AutoConfig, PreTrainedConfig
 from transformers.activations import ACT2FN
 
-from .grid_layout import check_num_crops, num_stacks, square_grid_for
+from .grid_layout import check_num_crops, num_stacks, short_repr, square_grid_for
 
 MAX_PROJECTOR_DEPTH = 16
-
-
-def _short(value) -> str:
-    """A field's value for an error message, cut to 60 characters (a refusal is one line even for huge values)."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @strict
@@ -160,7 +154,7 @@ class DeepStackConfig(PreTrainedConfig):
                 f"{self.patches_per_side}x{self.patches_per_side} patch map."
             )
         if not 1 <= self.projector_depth <= MAX_PROJECTOR_DEPTH:
-            raise ValueError(f"projector_depth={_short(self.projector_depth)} is not allowed; expected [1, {MAX_PROJECTOR_DEPTH}].")
+            raise ValueError(f"projector_depth={short_repr(self.projector_depth)} is not allowed; expected [1, {MAX_PROJECTOR_DEPTH}].")
         tower_layers = self.vision_config.num_hidden_layers + (self.vision_post_layers or 0)
         if not -(tower_layers + 1) <= self.vision_feature_layer <= tower_layers:
             raise ValueError(
@@ -181,14 +175,14 @@ class DeepStackConfig(PreTrainedConfig):
         layers = self.deepstack_layers
         if len(layers) != self.num_stacks:
             raise ValueError(
-                f"deepstack_layers={_short(layers)} has {len(layers)} entries but the model builds {self.num_stacks} stacks "
+                f"deepstack_layers={short_repr(layers)} has {len(layers)} entries but the model builds {self.num_stacks} stacks "
                 f"(num_crops={self.num_crops}, hd_layout={self.hd_layout})."
             )
         depth = self.text_config.num_hidden_layers
         if any(not 0 <= layer < depth for layer in layers):
-            raise ValueError(f"deepstack_layers={_short(layers)} must lie in [0, {depth}) for a {depth}-layer decoder.")
+            raise ValueError(f"deepstack_layers={short_repr(layers)} must lie in [0, {depth}) for a {depth}-layer decoder.")
         if any(later <= earlier for earlier, later in zip(layers, layers[1:])):
-            raise ValueError(f"deepstack_layers={_short(layers)} must be strictly increasing.")
+            raise ValueError(f"deepstack_layers={short_repr(layers)} must be strictly increasing.")
 
     def _resolve_vision_stack_fields(self):
         """DeepStack-V defaults (split layer `L // 2`, extra layers, square grid, no decoder stacks) and checks."""

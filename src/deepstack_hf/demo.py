@@ -35,6 +35,37 @@ def draw_demo_image():
     return image
 
 
+WORK_DIR_MARKER = ".deepstack-demo"
+DEMO_OUTPUTS = ("original", "converted", "demo_image.png")
+
+
+def prepare_work_dir(work_dir: Path) -> Path:
+    """Create WORK_DIR (marked as the demo's), or reuse an empty one or one an earlier demo created.
+
+    Only a folder holding the demo's marker file is cleaned, and then only of what the demo writes there
+    (`DEMO_OUTPUTS`); any other existing, non-empty folder is refused: the demo never deletes what it did not create.
+    """
+    from .conversion.errors import ConversionError
+
+    if work_dir.is_symlink() or (work_dir.exists() and not work_dir.is_dir()):
+        raise ConversionError(f"--work-dir {work_dir} exists and is not a plain directory; choose another one.")
+    if work_dir.is_dir() and any(work_dir.iterdir()):
+        if not (work_dir / WORK_DIR_MARKER).is_file():
+            raise ConversionError(
+                f"--work-dir {work_dir} exists, is not empty and was not created by the demo; choose a new or empty "
+                "folder (the demo never deletes files it did not create)."
+            )
+        for name in DEMO_OUTPUTS:
+            path = work_dir / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    (work_dir / WORK_DIR_MARKER).write_text("Created by `python -m deepstack_hf.demo`; it may clean its own outputs here.\n")
+    return work_dir
+
+
 def _step(number: int, text: str) -> None:
     print(f"\n[{number}] {text}", flush=True)
 
@@ -56,10 +87,7 @@ def run_demo(
     from .conversion.convert_deepstack_to_hf import convert_checkpoint
 
     start = time.time()
-    work_dir = Path(work_dir)
-    if work_dir.exists():
-        shutil.rmtree(work_dir)
-    work_dir.mkdir(parents=True)
+    work_dir = prepare_work_dir(Path(work_dir))
     converted = work_dir / "converted"
 
     if source is None:
@@ -79,14 +107,13 @@ def run_demo(
         source_path = source
         dtype = torch.float16 if torch.cuda.is_available() else torch.float32
         device_map = "auto" if torch.cuda.is_available() else None
-        verify = False  # a 7B fp32 reference needs ~30 GB of RAM; run deepstack-convert --verify for that
+        verify = False  # a 7B reference forward takes many minutes on CPU; run deepstack-convert --verify for that
 
     _step(2, f"Converting to the Transformers format in {converted}" + (" (with --verify)" if verify else ""))
     result = convert_checkpoint(
         source_path,
         converted,
         dtype=None if source is None else ("float16" if dtype == torch.float16 else "float32"),
-        overwrite=True,
         verify=verify,
         progress=True,
     )
@@ -115,7 +142,11 @@ def run_demo(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deepstack_hf.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work-dir", default="demo_output", help="scratch directory (overwritten; default ./demo_output)")
+    parser.add_argument(
+        "--work-dir",
+        default="demo_output",
+        help="scratch directory: new, empty, or one an earlier demo created (default ./demo_output)",
+    )
     parser.add_argument("--source", help="convert and run this original checkpoint (Hub id or directory) instead")
     parser.add_argument("--question", default="What is shown in this image?")
     parser.add_argument("--max-new-tokens", type=int, default=20)

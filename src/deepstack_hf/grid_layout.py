@@ -16,9 +16,13 @@ MAX_NUM_CROPS = 64
 def check_num_crops(num_crops) -> None:
     """`ValueError` unless `num_crops` is an integer in [2, MAX_NUM_CROPS] (checked before any grid is built)."""
     if isinstance(num_crops, bool) or not isinstance(num_crops, numbers.Integral) or not 2 <= num_crops <= MAX_NUM_CROPS:
-        text = repr(num_crops)
-        text = text if len(text) <= 40 else text[:37] + "..."
-        raise ValueError(f"num_crops={text} is not allowed; expected an integer in [2, {MAX_NUM_CROPS}].")
+        raise ValueError(f"num_crops={short_repr(num_crops)} is not allowed; expected an integer in [2, {MAX_NUM_CROPS}].")
+
+
+def short_repr(value, limit: int = 60) -> str:
+    """`repr(value)` cut to `limit` characters, so that a refusal of a huge value stays one short line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def candidate_grids(num_crops: int) -> list[tuple[int, int]]:

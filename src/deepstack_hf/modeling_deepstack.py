@@ -21,7 +21,7 @@ from transformers.cache_utils import Cache
 from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, torch_compilable_check
+from transformers.utils import TransformersKwargs, logging, torch_compilable_check
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 
 from ._compat import select_hidden_states, slice_logits_to_keep
@@ -31,6 +31,9 @@ from .quantization import apply_default_bnb_skip_modules
 from .modeling_deepstack_text import text_model_class
 from .modeling_deepstack_vision import DeepStackVisionModel
 from .stack_layout import hd_layout, plain_layout
+
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -174,20 +177,81 @@ class DeepStackModel(DeepStackPreTrainedModel):
         Returns:
             The real views of all images `(total_views, 3, S, S)`, each image's view count and crop grid `(w, h)`.
         """
-        if pixel_values.shape[0] != image_sizes.shape[0]:
-            raise ValueError(
-                f"pixel_values has {pixel_values.shape[0]} images but image_sizes has {image_sizes.shape[0]}."
-            )
+        self.check_image_inputs(pixel_values, image_sizes)
         crop_size, num_crops = self.config.vision_config.image_size, self.config.num_crops
         square = self.config.square_grid
         grids = [image_grid(width, height, num_crops, crop_size, square) for height, width in image_sizes.tolist()]
         counts = [num_views(grid, num_crops, self.config.hd_layout) for grid in grids]
-        if max(counts) > pixel_values.shape[1]:
-            raise ValueError(
-                f"An image has {max(counts)} views but pixel_values holds {pixel_values.shape[1]} per image."
-            )
+        self.check_view_counts(pixel_values, image_sizes, counts)
         views = torch.cat([image[:count] for image, count in zip(pixel_values, counts)])
         return views, counts, grids
+
+    def check_image_inputs(self, pixel_values, image_sizes) -> None:
+        """Types, dtypes and shapes of `pixel_values` / `image_sizes`; a `TypeError` or `ValueError` naming the argument.
+
+        `pixel_values` must be a float tensor `(num_images, max_views, C, S, S)` (what `DeepStackImageProcessor`
+        returns with `return_tensors="pt"`): raw uint8 pixels would run unnormalized, and a 4-D tensor (one image's
+        views without the image dimension) would be read with its channels as views.
+        """
+        vision = self.config.vision_config
+        expected = f"(num_images, max_views, {vision.num_channels}, {vision.image_size}, {vision.image_size})"
+        for name, value in (("pixel_values", pixel_values), ("image_sizes", image_sizes)):
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(
+                    f"{name} must be a torch.Tensor, got {type(value).__module__}.{type(value).__name__}; call the "
+                    "processor with return_tensors='pt'."
+                )
+        if not pixel_values.is_floating_point():
+            raise ValueError(
+                f"pixel_values has dtype {pixel_values.dtype}; the model takes normalized float pixels from "
+                "DeepStackImageProcessor, not raw image bytes."
+            )
+        if pixel_values.ndim != 5 or tuple(pixel_values.shape[2:]) != (vision.num_channels, vision.image_size, vision.image_size):
+            hint = " (one image's views need a leading image dimension: pixel_values[None])" if pixel_values.ndim == 4 else ""
+            raise ValueError(
+                f"pixel_values must be {expected}, got {pixel_values.ndim}-D shape {tuple(pixel_values.shape)}{hint}."
+            )
+        if image_sizes.ndim != 2 or image_sizes.shape[1] != 2 or image_sizes.is_floating_point() or image_sizes.is_complex():
+            raise ValueError(
+                f"image_sizes must be an integer tensor (num_images, 2) of (height, width), got dtype "
+                f"{image_sizes.dtype} shape {tuple(image_sizes.shape)}."
+            )
+        if pixel_values.shape[0] != image_sizes.shape[0]:
+            raise ValueError(
+                f"pixel_values has {pixel_values.shape[0]} images but image_sizes has {image_sizes.shape[0]}."
+            )
+
+    def check_view_counts(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor, counts: list[int]) -> None:
+        """Each image's views must be exactly the `counts[i]` that its size implies under the model's `num_crops`
+        and layout, the rest zero padding: anything else means a processor with another `num_crops` / layout, or
+        `image_sizes` that do not belong to these pixels, and would silently encode the wrong views."""
+        for index, (count, size) in enumerate(zip(counts, image_sizes.tolist())):
+            if count > pixel_values.shape[1] or bool(pixel_values[index, count:].any()):
+                sent = int(pixel_values[index].flatten(1).any(1).sum())
+                raise ValueError(
+                    f"Image {index}: image_sizes {tuple(size)} implies {count} views under the model's "
+                    f"num_crops={self.config.num_crops}, hd_layout={self.config.hd_layout}, but pixel_values holds "
+                    f"{sent} non-zero views (of {pixel_values.shape[1]}); was it made by a processor with another "
+                    "num_crops, or for other image sizes?"
+                )
+
+    def check_text_inputs(self, input_ids, inputs_embeds, past_key_values, has_images: bool) -> None:
+        """Image tokens need images (at prefill), and a prompt past `max_position_embeddings` gets a warning."""
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if input_ids is not None and not has_images and past == 0:
+            image_tokens = int((input_ids == self.config.image_token_id).sum())
+            if image_tokens:
+                raise ValueError(
+                    f"input_ids holds {image_tokens} image tokens (id {self.config.image_token_id}) but no pixel_values "
+                    "or mm_encoder_outputs were given."
+                )
+        length = past + (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        limit = self.config.text_config.max_position_embeddings
+        if limit and length > limit:
+            logger.warning_once(
+                f"The sequence ({length} tokens, image tokens included) is longer than the decoder's "
+                f"max_position_embeddings ({limit}); positions beyond it were never trained."
+            )
 
     @merge_with_config_defaults
     @can_return_tuple
@@ -286,10 +350,11 @@ class DeepStackModel(DeepStackPreTrainedModel):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if pixel_values is not None and mm_encoder_outputs is not None:
             raise ValueError("You cannot specify both pixel_values and mm_encoder_outputs at the same time")
+        image_output = (mm_encoder_outputs or {}).get("image")
+        self.check_text_inputs(input_ids, inputs_embeds, past_key_values, image_output is not None or pixel_values is not None)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
-        image_output = (mm_encoder_outputs or {}).get("image")
         if image_output is None and pixel_values is not None:
             if image_sizes is None:
                 raise ValueError("image_sizes is required with pixel_values: it sets each image's crop grid.")

@@ -12,7 +12,7 @@ import math
 import re
 
 from ..grid_layout import MAX_NUM_CROPS
-from .errors import ConversionError
+from .errors import ConversionError, short_repr
 
 MAX_PROJECTOR_DEPTH = 16
 _TOKEN_ID = (0, 2**24)
@@ -75,11 +75,6 @@ TOWER_FIELDS: dict[str, tuple[str, float, float]] = {
 }
 
 
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _allowed(kind: str, low: float, high: float) -> str:
     if kind == "bool":
         return "true or false"
@@ -109,7 +104,7 @@ def check_fields(values: dict, fields: dict[str, tuple[str, float, float]], wher
     for key, (kind, low, high) in fields.items():
         value = values.get(key)
         if value is not None and not _fits(value, kind, low, high):
-            raise ConversionError(f"{where}: {key}={_short(value)} is not allowed; expected {_allowed(kind, low, high)}.")
+            raise ConversionError(f"{where}: {key}={short_repr(value)} is not allowed; expected {_allowed(kind, low, high)}.")
 
 
 def check_original_config(config: dict) -> None:
@@ -119,7 +114,7 @@ def check_original_config(config: dict) -> None:
     match = re.fullmatch(r"mlp(\d+)x_gelu", projector or "")
     if match and not 1 <= int(match.group(1)) <= MAX_PROJECTOR_DEPTH:
         raise ConversionError(
-            f"config.json: mm_projector_type={_short(projector)} is not allowed; the mlpNx_gelu depth N must be in "
+            f"config.json: mm_projector_type={short_repr(projector)} is not allowed; the mlpNx_gelu depth N must be in "
             f"[1, {MAX_PROJECTOR_DEPTH}]."
         )
     heads, kv_heads = config.get("num_attention_heads"), config.get("num_key_value_heads")
@@ -132,7 +127,7 @@ def check_original_config(config: dict) -> None:
             f"config.json: num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}."
         )
     if config.get("rope_scaling") is not None and not isinstance(config["rope_scaling"], dict):
-        raise ConversionError(f"config.json: rope_scaling={_short(config['rope_scaling'])} must be an object or null.")
+        raise ConversionError(f"config.json: rope_scaling={short_repr(config['rope_scaling'])} must be an object or null.")
 
 
 def check_tower_config(vision_config: dict, where: str) -> None:

@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +50,8 @@ from .streaming_safetensors import (
     CastReport,
     FileReaders,
     plan_shards,
+    read_header,
+    read_tensor,
     write_index,
     write_shard,
 )
@@ -60,6 +63,8 @@ logger = logging.getLogger("deepstack_hf.conversion")
 
 DTYPE_CHOICES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 VERIFY_TOLERANCE = 1e-4
+# Modules `--verify` streams from disk (accelerate's per-module hooks load their weights when they run).
+STREAMED_MODULES = ("model.vision_tower", "model.language_model", "lm_head")
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 
 
@@ -421,12 +426,15 @@ def verify_conversion(
 ) -> VerificationReport:
     """Compare the converted model (fp32) with the independent original implementation on one image + prompt.
 
-    The reference runs first and is freed before the converted model is loaded, so peak memory is one fp32 copy
-    of the model plus activations. `weight_dtype` rounds the reference's weights to the dtype the converted
-    model was saved in (identity for the checkpoint's own bf16 weights; it matters for an fp32 CLIP tower saved in
-    16 bits).
+    Both sides stream their weights, so a 7B checkpoint verifies in well under 24 GB: the reference reads each
+    original tensor from its file when it uses it and drops it after, and the converted model is loaded with its
+    big modules on disk (`load_streamed`: accelerate hooks load each module's weights from the converted
+    safetensors just before it runs, cast to fp32, and free them after). Peak memory is the largest module in
+    fp32 plus activations. The reference runs first and is freed before. `weight_dtype`
+    rounds the reference's weights to the dtype the converted model was saved in (identity for the checkpoint's
+    own bf16 weights; it matters for an fp32 CLIP tower saved in 16 bits).
     """
-    from .original_reference import IMAGE_PLACEHOLDER, OriginalDeepStack, original_prompt
+    from .original_reference import OriginalDeepStack, original_prompt
 
     image = image or verification_image()
     reference = OriginalDeepStack(original_dir, vision_tower_dir, vision_weights, weight_dtype=weight_dtype)
@@ -444,11 +452,61 @@ def verify_conversion(
     gc.collect()
 
     import deepstack_hf  # noqa: F401  (registers the Auto classes)
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(converted_dir)
-    model = AutoModelForImageTextToText.from_pretrained(converted_dir, dtype=torch.float32)
-    model.eval()
+    with tempfile.TemporaryDirectory(prefix="deepstack-verify-") as offload_folder:
+        model = load_streamed(converted_dir, offload_folder)
+        return _compare_with_reference(model, processor, image, question, prompt, ref_ids, ref_logits, ref_tokens,
+                                       max_new_tokens)
+
+
+def load_streamed(converted_dir, offload_folder) -> torch.nn.Module:
+    """The converted model in fp32 with `STREAMED_MODULES` left on disk, each module's weights read when it runs.
+
+    Built from the parts `from_pretrained(device_map=...)` uses for "disk" entries, without its loading pass,
+    which reads every tensor through memory-mapped shards (counted in the process's resident memory, up to the
+    whole checkpoint): the model is created on the meta device (buffers real), the small rest is read from the
+    converted files now, and accelerate's `dispatch_model` attaches per-module hooks with an offload index that
+    points at the converted safetensors (cast to fp32 at each use). The small rest includes `image_newline`, a
+    bare parameter the HD layout reads outside any submodule's forward (generate() encodes images before the
+    first forward), where no hook would load it.
+    """
+    from accelerate import dispatch_model, init_empty_weights
+    from accelerate.utils import set_module_tensor_to_device
+    from transformers import AutoConfig, GenerationConfig
+
+    from ..modeling_deepstack import DeepStackForConditionalGeneration
+
+    config = AutoConfig.from_pretrained(converted_dir)
+    with init_empty_weights(include_buffers=False):
+        model = DeepStackForConditionalGeneration._from_config(config, dtype=torch.float32)
+    records = {}
+    for path in sorted(Path(converted_dir).glob("*.safetensors")):
+        records.update(read_header(path))
+    if "lm_head.weight" not in records:  # tied embeddings
+        records["lm_head.weight"] = records["model.language_model.embed_tokens.weight"]
+    device_map = {f"model.{name}": "cpu" for name, _ in model.model.named_children()}
+    device_map.update({f"model.{name}": "cpu" for name, _ in model.model.named_parameters(recurse=False)})
+    device_map.update({name: "disk" for name in STREAMED_MODULES})
+    offload_index = {}
+    for name, _ in model.named_parameters():
+        if name.startswith(tuple(f"{module}." for module in STREAMED_MODULES)):
+            record = records[name]
+            offload_index[name] = {"safetensors_file": str(record.file), "weight_name": record.name, "dtype": "float32"}
+        else:
+            set_module_tensor_to_device(model, name, "cpu", value=read_tensor(records[name]).to(torch.float32))
+    model = dispatch_model(model, device_map=device_map, main_device="cpu", offload_dir=offload_folder,
+                           offload_index=offload_index)
+    model.generation_config = GenerationConfig.from_pretrained(converted_dir)
+    return model.eval()
+
+
+def _compare_with_reference(model, processor, image, question, prompt, ref_ids, ref_logits, ref_tokens,
+                            max_new_tokens) -> VerificationReport:
+    """Run the converted model on the reference's image and question; compare ids, logits and greedy tokens."""
+    from .original_reference import IMAGE_PLACEHOLDER
+
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = processor(images=[image], text=[text], return_tensors="pt")

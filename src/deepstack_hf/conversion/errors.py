@@ -1,5 +1,7 @@
 """The single error type the converter raises for anything it refuses or cannot read."""
 
+from ..grid_layout import short_repr  # messages quote at most a glimpse of a value or file
+
 
 class ConversionError(ValueError):
     """A checkpoint, option or file the converter refuses; the message names the field or file at fault.
@@ -9,4 +11,4 @@ class ConversionError(ValueError):
     """
 
 
-__all__ = ["ConversionError"]
+__all__ = ["ConversionError", "short_repr"]

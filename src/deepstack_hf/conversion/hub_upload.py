@@ -23,8 +23,11 @@ def push_to_hub(folder: str | Path, repo_id: str, private: bool = False, dry_run
         return files
     from huggingface_hub import create_repo, upload_folder
 
-    create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model", commit_message=commit_message)
+    from .source_checkpoint import hub_timeout, hub_timeout_seconds
+
+    with hub_timeout(hub_timeout_seconds()):  # a Hub that stops answering fails the upload instead of hanging it
+        create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model", commit_message=commit_message)
     return files
 
 

@@ -315,17 +315,15 @@ class OriginalDeepStack:
             for path in tower_files:
                 tower_tensors.update(read_header(path))
             self.vision_prefix, self.vision_tensors = "vision_model.", tower_tensors
-        self._cache = {}
 
     # ---- weights
     def _load(self, records, name):
-        key = (id(records), name)
-        if key not in self._cache:
-            value = read_tensor(records[name])
-            if self.weight_dtype is not None and value.is_floating_point():
-                value = value.to(self.weight_dtype)
-            self._cache[key] = value.to(torch.float32)
-        return self._cache[key]
+        """One weight in fp32, read from its file at every use and never kept (the forward streams the weights,
+        so peak memory is the largest tensor, not a model copy)."""
+        value = read_tensor(records[name])
+        if self.weight_dtype is not None and value.is_floating_point():
+            value = value.to(self.weight_dtype)
+        return value.to(torch.float32)
 
     def w(self, name):
         return self._load(self.tensors, name)

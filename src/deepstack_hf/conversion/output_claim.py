@@ -4,9 +4,9 @@
         ... write everything into claim.staging ...
         claim.publish()
 
-* `acquire` refuses an output that is a symlink or a file, a non-empty one without `overwrite`, and one that is,
-  contains or lies inside a protected folder (the source, the vision tower) or that is or contains the current
-  directory. It takes a lock file `.<name>.lock` beside the output (`O_EXCL`: a second conversion to the same
+* `acquire` refuses an output that is a symlink or a file, a non-empty one without `overwrite`, and, with
+  `overwrite`, one that is, contains or lies inside a protected folder (the source, the vision tower) or that is
+  or contains the current directory. It takes a lock file `.<name>.lock` beside the output (`O_EXCL`: a second conversion to the same
   output fails at once, naming the running one), removes the staging folders of conversions that were killed
   (their lock names a dead process) and names, without touching them, backups a killed `--overwrite` left.
 * Everything is written into a staging folder `.<name>.converting-*` beside the output (same filesystem).
@@ -82,7 +82,8 @@ class OutputClaim:
     def acquire(cls, output_dir: str | os.PathLike, overwrite: bool, protected: dict[str, Path]) -> OutputClaim:
         output = Path(output_dir).expanduser().absolute()
         cls.check_output(output, overwrite)
-        check_not_overlapping(output, protected)
+        if overwrite:  # without it, an output that is or contains a protected folder is non-empty, so refused
+            check_not_overlapping(output, protected)
         claimed = _listing(output) if output.is_dir() else None
         output.parent.mkdir(parents=True, exist_ok=True)
         lock = output.parent / f".{output.name}.lock"

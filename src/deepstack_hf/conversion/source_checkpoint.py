@@ -18,7 +18,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx2  # huggingface_hub's HTTP client
+try:  # huggingface_hub's HTTP client: httpx2 from huggingface_hub 2, httpx before
+    import httpx2
+except ImportError:  # pragma: no cover
+    import httpx as httpx2
 
 from .errors import ConversionError
 from .streaming_safetensors import TensorRecord, read_header
@@ -231,7 +234,7 @@ def index_weight_files(directory: Path, what: str) -> tuple[dict[str, TensorReco
 def check_source_links(directory: Path, what: str) -> None:
     """Refuse any file the converter may read (CHECKPOINT_PATTERNS) that links outside the folder's root."""
     folder = SourceFolder.of(directory)
-    for pattern in CHECKPOINT_PATTERNS + ["*.model", "*.py"]:
+    for pattern in CHECKPOINT_PATTERNS + ["*.model"]:
         for path in directory.glob(pattern):
             folder.file(path.name, what)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ConversionError
+from .errors import ConversionError, short_repr
 
 CHUNK_BYTES = 64 * 1024 * 1024
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -66,17 +66,11 @@ class TensorRecord:
         return math.prod(self.shape)
 
 
-def _short(value, limit: int = 60) -> str:
-    """`repr` of a header value, cut to `limit` characters (messages never carry more than a glimpse of a file)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _unique_keys(pairs):
     keys = [key for key, _ in pairs]
     if len(set(keys)) != len(keys):
         duplicate = next(key for key in keys if keys.count(key) > 1)
-        raise ValueError(f"duplicate key {_short(duplicate)}")
+        raise ValueError(f"duplicate key {short_repr(duplicate)}")
     return dict(pairs)
 
 
@@ -90,12 +84,12 @@ def _check_entry(entry) -> tuple[str, tuple[int, ...], int, int]:
         raise ValueError("entry must be an object with exactly dtype, shape and data_offsets")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if dtype not in TORCH_DTYPES:
-        raise ValueError(f"dtype={_short(dtype)}, allowed: {', '.join(TORCH_DTYPES)}")
+        raise ValueError(f"dtype={short_repr(dtype)}, allowed: {', '.join(TORCH_DTYPES)}")
     if not isinstance(shape, list) or len(shape) > MAX_RANK or not all(_is_int(d) and 0 <= d <= MAX_DIM for d in shape):
-        raise ValueError(f"shape={_short(shape)}, allowed: a list of at most {MAX_RANK} integers in [0, {MAX_DIM}]")
+        raise ValueError(f"shape={short_repr(shape)}, allowed: a list of at most {MAX_RANK} integers in [0, {MAX_DIM}]")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(x) for x in offsets)
             and 0 <= offsets[0] <= offsets[1] <= MAX_DIM**2):
-        raise ValueError(f"data_offsets={_short(offsets)}, allowed: [begin, end], integers, 0 <= begin <= end")
+        raise ValueError(f"data_offsets={short_repr(offsets)}, allowed: [begin, end], integers, 0 <= begin <= end")
     return dtype, tuple(shape), offsets[0], offsets[1]
 
 
@@ -141,16 +135,16 @@ def read_header(path: str | os.PathLike) -> dict[str, TensorRecord]:
         try:
             dtype, shape, begin, end = _check_entry(entry)
         except ValueError as error:
-            raise ConversionError(f"Safetensors header of {path}, tensor {_short(name)}: {error}.") from None
+            raise ConversionError(f"Safetensors header of {path}, tensor {short_repr(name)}: {error}.") from None
         nbytes = math.prod(shape) * itemsize(dtype)
         if end - begin != nbytes:
             raise ConversionError(
-                f"Corrupt safetensors header in {path}: tensor {_short(name)} spans {end - begin} bytes but its dtype "
+                f"Corrupt safetensors header in {path}: tensor {short_repr(name)} spans {end - begin} bytes but its dtype "
                 f"and shape need {nbytes}."
             )
         if data_start + end > file_size:
             raise ConversionError(
-                f"Truncated safetensors file {path}: tensor {_short(name)} ends at byte {data_start + end} but the "
+                f"Truncated safetensors file {path}: tensor {short_repr(name)} ends at byte {data_start + end} but the "
                 f"file has {file_size} bytes."
             )
         records[name] = TensorRecord(name, dtype, shape, path, data_start + begin, nbytes)
@@ -158,7 +152,7 @@ def read_header(path: str | os.PathLike) -> dict[str, TensorRecord]:
     for (_, first_end, first), (second_begin, _, second) in zip(spans, spans[1:]):
         if second_begin < first_end:
             raise ConversionError(
-                f"Corrupt safetensors header in {path}: tensors {_short(first)} and {_short(second)} overlap."
+                f"Corrupt safetensors header in {path}: tensors {short_repr(first)} and {short_repr(second)} overlap."
             )
     return records
 
@@ -326,8 +320,9 @@ class CastReport:
         if dtype != torch.float16 or block.dtype == torch.float16 or not block.is_floating_point():
             return block.to(dtype)
         too_big = block.isfinite() & (block.abs() >= FP16_OVERFLOW)
-        if self.clamp:
-            block = torch.where(too_big, block.clamp(-FP16_MAX, FP16_MAX), block)
+        if self.clamp and bool(too_big.any()):  # clamp in fp32: +-65504 rounds up to 65536 in bfloat16
+            wide = block.to(torch.float32)
+            block = torch.where(too_big, wide.clamp(-FP16_MAX, FP16_MAX), wide)
         out = block.to(dtype)
         for counts, value in (
             (self.overflow, int(too_big.sum())),

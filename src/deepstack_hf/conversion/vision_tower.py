@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config_bounds import check_tower_config
-from .errors import ConversionError
+from .errors import ConversionError, short_repr
 from .source_checkpoint import SourceFolder, check_source_links, index_weight_files, resolve_directory
 from .streaming_safetensors import TensorRecord
 
@@ -94,9 +94,9 @@ def image_processor_settings(preprocessor: dict, where: Path | str = "the vision
     """
 
     def fail(key, value, allowed):
-        text = repr(value)
-        text = text if len(text) <= 60 else text[:57] + "..."
-        raise ConversionError(f"{where}/preprocessor_config.json: {key}={text} is not allowed; expected {allowed}.")
+        raise ConversionError(
+            f"{where}/preprocessor_config.json: {key}={short_repr(value)} is not allowed; expected {allowed}."
+        )
 
     def side(key, default, inner):
         value = preprocessor.get(key, default)
