@@ -77,11 +77,18 @@ class DeepStackProcessor(ProcessorMixin):
         return (self.image_processor.crop_size.height // self.patch_size) ** 2
 
     # ------------------------------------------------------------------ inputs
-    def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
-        """Text as a list; images fetched, checked prompt by prompt when given one list per prompt, and flattened."""
-        for name, value in (("videos", videos), ("audio", audio)):
+    def __call__(self, images=None, text=None, **kwargs):
+        """`ProcessorMixin.__call__` for images and text. Generic callers pass `videos` / `audio` too: `None` or
+        empty is accepted, anything else refused. (They are not in the signature, so that callers that inspect it
+        offer none.)"""
+        for name in ("videos", "audio"):
+            value = kwargs.pop(name, None)
             if not _is_empty(value):
                 raise ValueError(f"DeepStack takes images and text only; got `{name}` ({type(value).__name__}).")
+        return super().__call__(images=images, text=text, **kwargs)
+
+    def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
+        """Text as a list; images fetched, checked prompt by prompt when given one list per prompt, and flattened."""
         if _is_empty(images):
             images = None
         images, text, _, _ = super().prepare_inputs_layout(images=images, text=text, **kwargs)
