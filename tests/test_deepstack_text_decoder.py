@@ -95,9 +95,9 @@ def test_stack_rows_must_match_visual_positions_checked_before_any_layer():
     input_ids, _, visual_pos_masks = visual_inputs()
     calls = []
     hook = deepstack.layers[0].register_forward_pre_hook(lambda module, args: calls.append(1))
-    with pytest.raises(ValueError, match="positions: 6, rows: 5"):  # a late stack is refused before layer 0 runs
+    with pytest.raises(ValueError, match=r"positions: 6, rows: \[5\]"):  # a late stack is refused before layer 0 runs
         deepstack(input_ids=input_ids, visual_pos_masks=visual_pos_masks, deepstack_embeds={4: torch.zeros(5, 32)})
-    with pytest.raises(ValueError, match=r"\[5, 6\] rows"):
+    with pytest.raises(ValueError, match=r"positions: 6, rows: \[6, 5\]"):
         deepstack(
             input_ids=input_ids,
             visual_pos_masks=visual_pos_masks,
