@@ -90,8 +90,57 @@ def test_stacks_land_at_visual_positions_of_their_layers_only(model_type):
         torch.testing.assert_close(seen - before, expected_delta, rtol=0, atol=1e-6)
 
 
-def test_stack_rows_must_match_visual_positions():
+def test_stack_rows_must_match_visual_positions_checked_before_any_layer():
     deepstack, _ = decoder_pair("llama")
     input_ids, _, visual_pos_masks = visual_inputs()
-    with pytest.raises(ValueError, match="positions: 6, rows: 5"):
-        deepstack(input_ids=input_ids, visual_pos_masks=visual_pos_masks, deepstack_embeds={1: torch.zeros(5, 32)})
+    calls = []
+    hook = deepstack.layers[0].register_forward_pre_hook(lambda module, args: calls.append(1))
+    with pytest.raises(ValueError, match=r"positions: 6, rows: \[5\]"):  # a late stack is refused before layer 0 runs
+        deepstack(input_ids=input_ids, visual_pos_masks=visual_pos_masks, deepstack_embeds={4: torch.zeros(5, 32)})
+    with pytest.raises(ValueError, match=r"positions: 6, rows: \[6, 5\]"):
+        deepstack(
+            input_ids=input_ids,
+            visual_pos_masks=visual_pos_masks,
+            deepstack_embeds={1: torch.zeros(6, 32), 4: torch.zeros(5, 32)},
+        )
+    hook.remove()
+    assert calls == []
+
+
+@pytest.mark.parametrize("model_type", sorted(STOCK_MODELS))
+def test_precomputed_mask_dict_is_accepted_like_the_stock_decoder(model_type):
+    """GenerationMixin (static cache, compiled generation) passes `{layer type: mask}`; the DeepStack decoder takes it
+    for every backbone (as the stock `Qwen2Model` does) and gives what the 2-D padding mask gives."""
+    from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+    deepstack, stock = decoder_pair(model_type)
+    input_ids, attention_mask, visual_pos_masks = visual_inputs()
+    inputs_embeds = deepstack.embed_tokens(input_ids).detach()
+    mask_kwargs = {
+        "config": deepstack.config,
+        "inputs_embeds": inputs_embeds,
+        "attention_mask": attention_mask,
+        "past_key_values": None,
+        "position_ids": torch.arange(12).unsqueeze(0),
+    }
+    masks = {"full_attention": create_causal_mask(**mask_kwargs)}
+    if getattr(deepstack.config, "sliding_window", None):
+        masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
+    stacks = {1: torch.randn(6, 32)}
+    with torch.no_grad():
+        expected = deepstack(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, visual_pos_masks=visual_pos_masks,
+            deepstack_embeds=stacks,
+        ).last_hidden_state
+        actual = deepstack(
+            inputs_embeds=inputs_embeds, attention_mask=masks, visual_pos_masks=visual_pos_masks,
+            deepstack_embeds=stacks,
+        ).last_hidden_state
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+    if model_type == "qwen2":
+        with torch.no_grad():
+            stock_out = stock(inputs_embeds=inputs_embeds, attention_mask=masks).last_hidden_state
+            stock_plain = stock(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
+        torch.testing.assert_close(stock_out, stock_plain, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="no mask for the layer type"):
+        deepstack(inputs_embeds=inputs_embeds, attention_mask={"other": masks["full_attention"]})

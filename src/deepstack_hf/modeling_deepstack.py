@@ -117,6 +117,18 @@ class DeepStackPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    _can_compile_fullgraph = True  # as Llava: decode steps (no images) trace without graph breaks
+
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """`False`: the initialization goes through `transformers.initialization` like an in-library model's.
+
+        `PreTrainedModel.initialize_weights` treats a custom-code model's parameter-less modules (CLIP's attention and
+        MLP blocks) as already initialized, so a model whose weights are initialized while loading
+        (`from_pretrained` with missing weights) would keep the generic `Linear` init in its CLIP tower instead of
+        CLIP's own, which `DeepStackForConditionalGeneration(config)` gives.
+        """
+        return False
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):

@@ -45,15 +45,13 @@ def check_stack_rows(visual_pos_masks: torch.Tensor | None, deepstack_embeds: di
         return
     if visual_pos_masks is None:
         raise ValueError("deepstack_embeds needs visual_pos_masks: the positions its rows are added at.")
-    rows = {stack.shape[0] for stack in deepstack_embeds.values()}
-    if len(rows) != 1:
-        raise ValueError(f"Every stack must have one row per visual position; the stacks have {sorted(rows)} rows.")
-    num_rows = rows.pop()
-    torch_compilable_check(
-        visual_pos_masks.sum() == num_rows,
-        lambda: f"Visual positions and stack rows do not match, positions: {int(visual_pos_masks.sum())}, "
-        f"rows: {num_rows}",
-    )
+    rows = [stack.shape[0] for stack in deepstack_embeds.values()]
+    num_visual = visual_pos_masks.sum()
+    for count in rows:
+        torch_compilable_check(
+            num_visual == count,
+            lambda: f"Visual positions and stack rows do not match, positions: {int(num_visual)}, rows: {rows}",
+        )
 
 
 class DeepStackTextModelMixin:

@@ -77,11 +77,18 @@ class DeepStackProcessor(ProcessorMixin):
         return (self.image_processor.crop_size.height // self.patch_size) ** 2
 
     # ------------------------------------------------------------------ inputs
-    def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
-        """Text as a list; images fetched, checked prompt by prompt when given one list per prompt, and flattened."""
-        for name, value in (("videos", videos), ("audio", audio)):
+    def __call__(self, images=None, text=None, **kwargs):
+        """`ProcessorMixin.__call__` for images and text. Generic callers pass `videos` / `audio` too: `None` or
+        empty is accepted, anything else refused. (They are not in the signature, so that callers that inspect it
+        offer none.)"""
+        for name in ("videos", "audio"):
+            value = kwargs.pop(name, None)
             if not _is_empty(value):
                 raise ValueError(f"DeepStack takes images and text only; got `{name}` ({type(value).__name__}).")
+        return super().__call__(images=images, text=text, **kwargs)
+
+    def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
+        """Text as a list; images fetched, checked prompt by prompt when given one list per prompt, and flattened."""
         if _is_empty(images):
             images = None
         images, text, _, _ = super().prepare_inputs_layout(images=images, text=text, **kwargs)
@@ -139,38 +146,36 @@ class DeepStackProcessor(ProcessorMixin):
     def unused_input_names(self) -> list[str]:
         return ["num_image_tokens"]
 
+    def get_text_with_replacements(self, text, images_replacements=(), videos_replacements=(), audio_replacements=()):
+        """`ProcessorMixin`'s replacement, remembering each prompt's image token counts for the truncation check
+        that follows in the same call (adjacent images form one run of tokens, so they cannot be told apart
+        afterwards)."""
+        text, offsets = super().get_text_with_replacements(
+            text, list(images_replacements), list(videos_replacements), list(audio_replacements)
+        )
+        self._image_tokens_per_prompt = [
+            [entry["replacement"].count(self.image_token) for entry in row if entry["type"] == "image"]
+            for row in offsets
+        ]
+        return text, offsets
+
     def _check_special_mm_tokens(self, text: list[str], text_inputs, modalities: list[str]):
         """Every image keeps all its tokens; truncation that cuts one raises a `ValueError` naming the image."""
-        for prompt_index, (sample, ids) in enumerate(zip(text, text_inputs["input_ids"], strict=True)):
-            runs, kept = self._image_token_runs(sample), list(ids).count(self.image_token_id)
-            if kept == sum(runs):
+        per_prompt = getattr(self, "_image_tokens_per_prompt", None) or [[] for _ in text]
+        for prompt_index, (counts, ids) in enumerate(zip(per_prompt, text_inputs["input_ids"], strict=True)):
+            kept = list(ids).count(self.image_token_id)
+            if kept == sum(counts):
                 continue
-            # truncation removes images from the end (right) or the start (left): find the first one it reaches
-            order = range(len(runs)) if self.tokenizer.truncation_side == "right" else range(len(runs))[::-1]
+            # truncation keeps the images at the start (right side cut) or at the end (left side cut)
+            order = range(len(counts)) if self.tokenizer.truncation_side == "right" else range(len(counts))[::-1]
             for image_index in order:
-                if runs[image_index] > kept:
+                if counts[image_index] > kept:
                     raise ValueError(
                         f"Truncation cuts image {image_index} of prompt {prompt_index}: it needs "
-                        f"{runs[image_index]} image tokens but only {kept} fit. Raise `max_length` or shorten "
+                        f"{counts[image_index]} image tokens but only {kept} fit. Raise `max_length` or shorten "
                         "the text."
                     )
-                kept -= runs[image_index]
-
-    def _image_token_runs(self, sample: str) -> list[int]:
-        """Lengths of the runs of consecutive image tokens in an expanded prompt, in order."""
-        runs, current, position, token = [], 0, 0, self.image_token
-        while position < len(sample):
-            if sample.startswith(token, position):
-                current += 1
-                position += len(token)
-                continue
-            if current:
-                runs.append(current)
-                current = 0
-            position += 1
-        if current:
-            runs.append(current)
-        return runs
+                kept -= counts[image_index]
 
     def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs) -> MultiModalData:
         """Visual tokens and views per image for `image_sizes` given as `(height, width)` pairs."""

@@ -32,7 +32,7 @@ def tokenizer_from_sentencepiece(
     chat_template: str | None = None,
     model_max_length: int | None = None,
 ):
-    """Build a Transformers fast ``LlamaTokenizer`` from a Llama-family SentencePiece ``tokenizer.model``.
+    """Build a Transformers fast tokenizer from a Llama-family SentencePiece ``tokenizer.model``.
 
     Args:
         model_path: the SentencePiece model (BPE, Llama layout: ``<unk>``, ``<s>``, ``</s>`` at ids 0, 1, 2).

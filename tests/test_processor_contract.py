@@ -1,0 +1,233 @@
+"""DeepStackProcessor on Transformers' standard processor contract.
+
+What generic callers (TRL's collators, vLLM's Transformers backend, lmms-eval, pipelines) pass and read:
+`return_mm_token_type_ids`, `return_text_replacement_offsets`, `return_offsets_mapping`, `return_length`,
+truncation, assistant masks from the chat templates' `{% generation %}` blocks, empty `videos` / `audio`, and the
+attributes llava-hf users look up. Expected ids come from the slow-tokenizer reference and the SPEC token counts.
+"""
+
+import copy
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tokenizers import AddedToken
+
+from conftest import TINY_IMAGE_SIZE, TINY_PATCH_SIZE, tiny_deepstack_config
+from slow_llama_tokenizer import chunkwise_ids, slow_llama_encoder
+
+from deepstack_hf import DeepStackForConditionalGeneration, DeepStackImageProcessor, DeepStackProcessor
+from deepstack_hf.chat_templates import PHI3_INSTRUCT_TEMPLATE, VICUNA_V1_TEMPLATE
+from deepstack_hf.tokenization import tokenizer_from_sentencepiece, train_tiny_sentencepiece
+
+IMAGE_ID = 512  # the first id after the 512 SentencePiece pieces
+PLAIN_TOKENS = 16  # (56 / 14) ** 2
+PHI3_ADDED = {"<|system|>": (512, False, False), "<|end|>": (513, False, True), "<|user|>": (514, False, False),
+              "<|assistant|>": (515, False, False)}
+
+
+@pytest.fixture(scope="module")
+def sp_model_path(tmp_path_factory):
+    return train_tiny_sentencepiece(tmp_path_factory.mktemp("spm") / "tiny.model", vocab_size=512)
+
+
+@pytest.fixture(scope="module")
+def processor(sp_model_path):
+    tokenizer = tokenizer_from_sentencepiece(sp_model_path)
+    image_processor = DeepStackImageProcessor(crop_size=TINY_IMAGE_SIZE, patch_size=TINY_PATCH_SIZE)
+    return DeepStackProcessor(image_processor, tokenizer, chat_template=VICUNA_V1_TEMPLATE)
+
+
+@pytest.fixture(scope="module")
+def phi3_processor(sp_model_path):
+    extra = [AddedToken(token, lstrip=lstrip, rstrip=rstrip, special=True, normalized=False)
+             for token, (_, lstrip, rstrip) in PHI3_ADDED.items()]
+    tokenizer = tokenizer_from_sentencepiece(sp_model_path, image_token=None, extra_special_tokens=extra + ["<image>"])
+    from deepstack_hf.tokenization import match_slow_word_boundaries
+
+    match_slow_word_boundaries(tokenizer, "<image>")
+    image_processor = DeepStackImageProcessor(crop_size=TINY_IMAGE_SIZE, patch_size=TINY_PATCH_SIZE)
+    return DeepStackProcessor(image_processor, tokenizer, chat_template=PHI3_INSTRUCT_TEMPLATE)
+
+
+@pytest.fixture(scope="module")
+def slow(sp_model_path):
+    return slow_llama_encoder(sp_model_path)
+
+
+def image(width, height, value=90):
+    return Image.new("RGB", (width, height), (value, 2 * value % 256, 30))
+
+
+# ------------------------------------------------------------------------------------------------ call outputs
+def test_mm_token_type_ids_mark_exactly_the_image_tokens(processor, slow):
+    prompt = "USER: <image>\nWhat? and <image> ASSISTANT:"
+    out = processor(images=[image(40, 25), image(25, 40)], text=prompt, return_mm_token_type_ids=True)
+    expected = chunkwise_ids(slow, prompt, IMAGE_ID, [PLAIN_TOKENS, PLAIN_TOKENS])
+    assert out["input_ids"][0] == expected
+    assert out["mm_token_type_ids"][0] == [int(token == IMAGE_ID) for token in expected]
+    assert "mm_token_type_ids" not in processor(images=[image(9, 9)], text="<image>")
+
+
+def test_text_replacement_offsets_one_exact_span_per_image(processor):
+    prompts = ["a <image> b <image>", "<image>\nc"]
+    out = processor(
+        images=[image(40, 25), image(9, 9), image(30, 30)], text=prompts, return_text_replacement_offsets=True
+    )
+    offsets = out["text_replacement_offsets"]
+    assert [len(row) for row in offsets] == [2, 1]
+    for prompt, row in zip(prompts, offsets, strict=True):
+        starts = [index for index in range(len(prompt)) if prompt.startswith("<image>", index)]
+        assert [entry["span"] for entry in row] == [(start, start + 7) for start in starts]
+        shift = 0
+        for entry, start in zip(row, starts, strict=True):
+            assert entry["type"] == "image" and entry["text"] == "<image>"
+            assert entry["replacement"] == "<image>" * PLAIN_TOKENS
+            assert entry["new_span"] == (start + shift, start + shift + 7 * PLAIN_TOKENS)
+            shift += 7 * (PLAIN_TOKENS - 1)
+
+
+def test_offsets_mapping_points_into_the_expanded_text(processor):
+    prompt = "the cat <image> sat"
+    out = processor(images=[image(40, 25)], text=prompt, return_offsets_mapping=True, return_text_replacement_offsets=True)
+    ids, offsets = out["input_ids"][0], out["offset_mapping"][0]
+    start, end = out["text_replacement_offsets"][0][0]["new_span"]
+    image_offsets = [offset for token, offset in zip(ids, offsets, strict=True) if token == IMAGE_ID]
+    assert image_offsets == [(position, position + 7) for position in range(start, end, 7)]
+    # the text tokens cover the text around the image (the chunk's word-boundary piece "▁" that the tokenizer
+    # inserts after the image has no character of its own: its offsets fall on the placeholder)
+    text_offsets = [(a, b) for token, (a, b) in zip(ids, offsets, strict=True) if token not in (1, IMAGE_ID)]
+    expanded = prompt.replace("<image>", "<image>" * PLAIN_TOKENS)
+    outside = [(a, b) for a, b in text_offsets if b <= start or a >= end]
+    assert "".join(expanded[a:b] for a, b in outside).replace(" ", "") == "thecatsat"
+
+
+def test_return_length(processor):
+    out = processor(images=[image(40, 25)], text=["<image>\nWhat?", "the cat"], return_length=True)
+    assert out["length"] == [len(ids) for ids in out["input_ids"]]
+
+
+def test_truncation_allowed_unless_an_image_is_cut(processor, slow):
+    prompt = "<image>\nthe cat sat on the mat and the dog sat on the log"
+    full = chunkwise_ids(slow, prompt, IMAGE_ID, [PLAIN_TOKENS])
+    out = processor(images=[image(40, 25)], text=prompt, truncation=True, max_length=PLAIN_TOKENS + 4)
+    assert out["input_ids"][0] == full[: PLAIN_TOKENS + 4]
+    with pytest.raises(ValueError, match="image 0 of prompt 0"):
+        processor(images=[image(40, 25)], text=prompt, truncation=True, max_length=PLAIN_TOKENS)
+    two = "a <image> b <image> the cat sat on the mat"
+    with pytest.raises(ValueError, match="image 1 of prompt 1"):
+        processor(images=[image(9, 9)] * 3, text=["<image>", two], truncation=True, max_length=PLAIN_TOKENS + 8)
+    left = copy.deepcopy(processor)
+    left.tokenizer.truncation_side = "left"  # reaches the first image first
+    with pytest.raises(ValueError, match="image 0 of prompt 0"):
+        left(images=[image(9, 9)] * 2, text="a <image><image> c", truncation=True, max_length=2 * PLAIN_TOKENS)
+    with pytest.raises(ValueError, match="image 1 of prompt 0"):  # adjacent images: one run of tokens, two images
+        processor(images=[image(9, 9)] * 2, text="a <image><image> c", truncation=True, max_length=2 * PLAIN_TOKENS)
+
+
+@pytest.mark.parametrize("empty", [None, [], ()])
+def test_empty_videos_and_audio_are_accepted(processor, empty):
+    out = processor(images=[image(40, 25)], text="<image> hi", videos=empty, audio=empty)
+    assert out["input_ids"] == processor(images=[image(40, 25)], text="<image> hi")["input_ids"]
+
+
+@pytest.mark.parametrize("name", ["videos", "audio"])
+def test_videos_and_audio_are_refused(processor, name):
+    with pytest.raises(ValueError, match=f"images and text only; got `{name}`"):
+        processor(text="hi", **{name: [np.zeros((2, 8, 8, 3), dtype=np.uint8)]})
+
+
+def test_llava_attributes(processor, sp_model_path):
+    assert processor.patch_size == TINY_PATCH_SIZE
+    assert processor.image_seq_length == PLAIN_TOKENS
+    assert processor.image_token == "<image>" and processor.image_token_id == IMAGE_ID
+    hd = DeepStackProcessor(
+        DeepStackImageProcessor(crop_size=TINY_IMAGE_SIZE, patch_size=TINY_PATCH_SIZE, hd_layout=True),
+        processor.tokenizer,
+    )
+    assert hd.image_seq_length is None  # HD: the count depends on the image's grid
+
+
+# ------------------------------------------------------------------------------------------------ assistant masks
+def conversation(picture):
+    return [
+        {"role": "user", "content": [{"type": "image", "image": picture}, {"type": "text", "text": "What is it?"}]},
+        {"role": "assistant", "content": "A red cat."},
+        {"role": "user", "content": "And the dog?"},
+        {"role": "assistant", "content": "It sat."},
+    ]
+
+
+def masked_runs(ids, mask):
+    runs, current = [], []
+    for token, flag in zip(ids, mask, strict=True):
+        if flag:
+            current.append(token)
+        elif current:
+            runs.append(current)
+            current = []
+    return runs + ([current] if current else [])
+
+
+@pytest.mark.parametrize("template", ["vicuna_v1", "phi3_instruct"])
+def test_assistant_masks_cover_the_answers_and_their_end_token(processor, phi3_processor, template):
+    proc = processor if template == "vicuna_v1" else phi3_processor
+    end = "</s>" if template == "vicuna_v1" else "<|end|>"
+    messages = conversation(image(40, 25))
+    out = proc.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    ids, mask = out["input_ids"][0], out["assistant_masks"][0]
+    assert len(mask) == len(ids)
+    direct = proc(images=[image(40, 25)], text=proc.apply_chat_template(messages))
+    assert ids == direct["input_ids"][0]  # the mask request changes no id
+    runs = masked_runs(ids, mask)
+    assert [proc.tokenizer.decode(run).strip() for run in runs] == [f"A red cat.{end}", f"It sat.{end}"]
+    assert proc.image_token_id not in [token for run in runs for token in run]
+
+
+def test_batched_assistant_masks_with_right_padding(processor):
+    batch = [conversation(image(40, 25)), conversation(image(25, 40))[:2]]
+    out = processor.apply_chat_template(
+        batch, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+        processor_kwargs={"padding": True, "padding_side": "right"}, return_tensors="pt",
+    )
+    assert out["assistant_masks"].shape == out["input_ids"].shape
+    assert not out["assistant_masks"][out["attention_mask"] == 0].any()
+    assert [len(masked_runs(ids.tolist(), mask.tolist())) for ids, mask in zip(out["input_ids"], out["assistant_masks"])] == [2, 1]
+
+
+# ------------------------------------------------------------------------------------------------ TRL
+@pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason="trl is not installed (pip install trl)")
+def test_trl_sft_trainer_assistant_only_loss(processor, tmp_path):
+    """TRL's SFTTrainer trains DeepStack on a conversational image dataset with `assistant_only_loss=True`: its
+    collator asks the processor for assistant masks and passes `truncation=True` with its default `max_length`."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    rows = []
+    for size, color, answer in [((60, 40), (220, 30, 30), "red"), ((40, 90), (30, 30, 220), "blue")] * 2:
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What color is it?"}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+                ],
+                "images": [Image.new("RGB", size, color)],
+            }
+        )
+    config = tiny_deepstack_config(image_token_id=IMAGE_ID, text_config={"vocab_size": len(processor.tokenizer)})
+    torch.manual_seed(0)
+    model = DeepStackForConditionalGeneration(config)
+    args = SFTConfig(
+        output_dir=str(tmp_path / "out"), assistant_only_loss=True, per_device_train_batch_size=2, max_steps=2,
+        learning_rate=1e-3, report_to=[], save_strategy="no", use_cpu=True, logging_steps=1,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=processor)
+    batch = trainer.data_collator([trainer.train_dataset[0], trainer.train_dataset[1]])
+    # labels only on the answers and their "</s>": a handful of tokens per row, never an image token
+    trained = batch["labels"] != -100
+    assert 0 < trained.sum(1).max() < 8
+    assert not (batch["input_ids"][trained] == IMAGE_ID).any()
+    result = trainer.train()
+    assert np.isfinite(result.training_loss)
