@@ -6,21 +6,13 @@ import json
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
 
 from deepstack_hf.conversion import ConversionError, convert_checkpoint, verify_conversion
 from deepstack_hf.conversion.streaming_safetensors import read_header, read_tensor
 from deepstack_hf.conversion.synthetic_checkpoint import build_synthetic_checkpoint, tiny_vision_config
+from test_square_grid import strip as picture
 
 TOWER_LAYERS = tiny_vision_config()["num_hidden_layers"]
-
-
-def picture(width, height):
-    image = Image.new("RGB", (width, height), (225, 215, 200))
-    draw = ImageDraw.Draw(image)
-    draw.rectangle((width // 6, height // 5, width // 2, height - 3), fill=(190, 40, 50))
-    draw.ellipse((width // 2, 2, width - 3, height // 2), fill=(40, 90, 200))
-    return image
 
 
 def v_checkpoint(root, split, square=True, **kwargs):

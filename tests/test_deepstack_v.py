@@ -8,16 +8,16 @@ the same weights when no stack reaches the global view; single-row runs for batc
 import pytest
 import torch
 from torch import nn
-from transformers import LlavaConfig, LlavaForConditionalGeneration
 
 from conftest import TINY_IMAGE_SIZE, tiny_deepstack_config
 from deepstack_hf import DeepStackConfig, DeepStackForConditionalGeneration
 from deepstack_hf.modeling_deepstack_vision import DeepStackVisionModel
 from deepstack_hf.stack_layout import vision_tower_stacks
+from test_modeling_deepstack import PAD, left_padded, llava_twin
 
 TOWER_LAYERS = 3  # the tiny CLIP of conftest
 PATCHES = 4  # patches per side of one tiny view
-IMAGE_TOKEN, PAD = 300, 0
+IMAGE_TOKEN = 300
 
 
 def v_config(split=None, **overrides):
@@ -181,35 +181,11 @@ def test_select_layer_minus_2_reads_the_input_of_the_last_layer():
 # ---------------------------------------------------------------- the model
 
 
-def llava_twin(model):
-    config = model.config
-    llava = LlavaForConditionalGeneration(
-        LlavaConfig(
-            vision_config=config.vision_config.to_dict(),
-            text_config=config.text_config.to_dict(),
-            image_token_id=config.image_token_id,
-            image_seq_length=config.image_seq_length,
-            projector_hidden_act=config.projector_hidden_act,
-            vision_feature_layer=config.vision_feature_layer,
-            vision_feature_select_strategy="default",
-        )
-    ).eval()
-    llava.load_state_dict(model.state_dict(), strict=True)
-    return llava
-
-
 def image_row(pieces):
     ids = []
     for piece in pieces:
         ids += [IMAGE_TOKEN] * PATCHES * PATCHES if piece == "image" else [piece]
     return ids
-
-
-def left_padded(rows):
-    length = max(len(row) for row in rows)
-    input_ids = torch.tensor([[PAD] * (length - len(row)) + row for row in rows])
-    attention_mask = torch.tensor([[0] * (length - len(row)) + [1] * len(row) for row in rows])
-    return input_ids, attention_mask
 
 
 # one image; text only; two images. Image sizes differ (wide, tall, square): DeepStack-V always uses 5 views.

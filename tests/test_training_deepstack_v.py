@@ -47,15 +47,17 @@ def loss_of(model, batch):
         return model(**batch).loss.item()
 
 
-@pytest.mark.parametrize("split", [1, 3])
-def test_trainer_fine_tunes_deepstack_v_and_the_saved_model_reloads(tmp_path, split):
-    processor, model = v_setup(tmp_path, split)
+def test_trainer_fine_tunes_deepstack_v_and_the_saved_model_reloads(tmp_path):
+    # split at the last CLIP layer: the stacks go into the 5 extra layers, which train and reload too
+    processor, model = v_setup(tmp_path, split=3)
     batch = recipe.collate(processor, recipe.EXAMPLES)
     assert batch["pixel_values"].shape[1] == 5  # every image: the global view and the 2x2 square grid
     before = loss_of(model, batch)
-    trainer = train(model, processor, tmp_path, activation_checkpointing=True)
+    extra_layer = model.model.vision_tower.post_encoder[0].mlp.fc1.weight.detach().clone()
+    trainer = train(model, processor, tmp_path, steps=10, learning_rate=2e-2, activation_checkpointing=True)
     after = loss_of(model, batch)
-    assert after < 0.75 * before, (before, after)
+    assert after < 0.75 * before, (before, after)  # 5.75 -> 3.47 when written
+    assert not torch.equal(model.model.vision_tower.post_encoder[0].mlp.fc1.weight, extra_layer)
     trainer.save_model(tmp_path / "saved")
     reloaded = DeepStackForConditionalGeneration.from_pretrained(tmp_path / "saved").eval()
     with torch.no_grad():
