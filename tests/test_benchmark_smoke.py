@@ -24,7 +24,7 @@ def compare_llava():
 def test_tiny_preset_runs_and_reports_every_metric(compare_llava, tmp_path, capsys):
     out = tmp_path / "tiny.json"
     result = compare_llava.main(
-        ["--preset", "tiny", "--device", "cpu", "--repeats", "2", "--warmup", "1", "--new-tokens", "2", "--json", str(out)]
+        ["--preset", "tiny", "--device", "cpu", "--repeats", "2", "--warmup", "0", "--new-tokens", "2", "--json", str(out)]
     )
     printed = capsys.readouterr().out
     assert "DeepStack / LLaVA-1.5" in printed and "DeepStack / LLaVA-NeXT" in printed and "injection" in printed
