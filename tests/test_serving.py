@@ -4,8 +4,8 @@ The server is started as its own process (the `deepstack-serve` command) on a fr
 checkpoint, once as converted (a remote-code repo: module files + `auto_map`) and once stripped of its code (a repo
 only the installed package can load). Either way the server runs the installed package's classes: Transformers
 prefers classes registered in the process over a repo's code, even with `trust_remote_code=True`. The independent
-expectation is `pipeline("image-text-to-text")` on the same messages. Bad requests must get HTTP 400 with a reason, and the
-server must answer the next good request.
+expectation is `pipeline("image-text-to-text")` on the same messages. Bad requests must get HTTP 400 with a reason,
+and the server must answer the next good request.
 """
 
 import base64
@@ -26,7 +26,7 @@ import torch
 from transformers.utils.import_utils import is_serve_available
 
 if not is_serve_available():
-    pytest.skip("serving needs FastAPI, Uvicorn and openai (pip install 'deepstack-hf[serving]')", allow_module_level=True)
+    pytest.skip("serving needs FastAPI, Uvicorn and openai (pip install '.[serving]')", allow_module_level=True)
 
 import httpx  # noqa: E402
 import openai  # noqa: E402
@@ -80,7 +80,8 @@ def expected(served_files) -> str:
     """The pipeline's answer for the picture and QUESTION, greedy, NEW_TOKENS tokens."""
     model_dir, image_path, _ = served_files
     pipe = pipeline("image-text-to-text", model=str(model_dir))
-    messages = [{"role": "user", "content": [{"type": "image", "path": str(image_path)}, {"type": "text", "text": QUESTION}]}]
+    content = [{"type": "image", "path": str(image_path)}, {"type": "text", "text": QUESTION}]
+    messages = [{"role": "user", "content": content}]
     answer = pipe(text=messages, max_new_tokens=NEW_TOKENS, return_full_text=False)[0]["generated_text"]
     assert answer  # the tiny model says something
     return answer
