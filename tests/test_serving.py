@@ -98,18 +98,20 @@ def without_remote_code(repo, destination):
     return destination
 
 
-def start_server(model_dir, hf_home):
+def start_server(model_dir, home):
+    """`deepstack-serve model_dir` on a free loopback port, once /health answers; its output goes to home/log."""
     port = free_port()
-    env = dict(os.environ, HF_HOME=str(hf_home))
+    log = open(home / "log", "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "deepstack_hf.serving.cli", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
          "--device", "cpu", "--dtype", "float32"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=dict(os.environ, HF_HOME=str(home)), stdout=log, stderr=subprocess.STDOUT,
     )
     deadline = time.time() + 240
     while time.time() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"deepstack-serve exited with {process.returncode}:\n{process.stdout.read()[-4000:]}")
+            output = (home / "log").read_text()[-4000:]
+            raise AssertionError(f"deepstack-serve exited with {process.returncode}:\n{output}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
                 return process, port
