@@ -101,12 +101,12 @@ def without_remote_code(repo, destination):
 def start_server(model_dir, home):
     """`deepstack-serve model_dir` on a free loopback port, once /health answers; its output goes to home/log."""
     port = free_port()
-    log = open(home / "log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "deepstack_hf.serving.cli", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
-         "--device", "cpu", "--dtype", "float32"],
-        env=dict(os.environ, HF_HOME=str(home)), stdout=log, stderr=subprocess.STDOUT,
-    )
+    with open(home / "log", "w") as log:  # the child keeps its own copy of the file descriptor
+        process = subprocess.Popen(
+            [sys.executable, "-m", "deepstack_hf.serving.cli", str(model_dir), "--host", "127.0.0.1",
+             "--port", str(port), "--device", "cpu", "--dtype", "float32"],
+            env=dict(os.environ, HF_HOME=str(home)), stdout=log, stderr=subprocess.STDOUT,
+        )
     deadline = time.time() + 240
     while time.time() < deadline:
         if process.poll() is not None:
