@@ -15,7 +15,7 @@ import textwrap
 import pytest
 import torch
 
-pytest.importorskip("lmms_eval", reason="lmms-eval is not installed (pip install 'deepstack-hf[lmms-eval]')")
+pytest.importorskip("lmms_eval", reason="lmms-eval is not installed (pip install '.[lmms-eval]', docs/evaluation.md)")
 datasets = pytest.importorskip("datasets", reason="lmms-eval's `datasets` dependency is not installed")
 
 from PIL import Image, ImageDraw  # noqa: E402

@@ -126,8 +126,11 @@ def package_reference(repo: Path, image_path: Path) -> dict:
     processor = AutoProcessor.from_pretrained(repo)
     model = AutoModelForImageTextToText.from_pretrained(repo)
     assert type(model) is deepstack_hf.DeepStackForConditionalGeneration
-    messages = [{"role": "user", "content": [{"type": "image", "path": str(image_path)}, {"type": "text", "text": QUESTION}]}]
-    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+    content = [{"type": "image", "path": str(image_path)}, {"type": "text", "text": QUESTION}]
+    messages = [{"role": "user", "content": content}]
+    inputs = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
     with torch.no_grad():
         logits = model(**inputs).logits
     generated = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
@@ -204,7 +207,8 @@ def test_a_resaved_model_is_made_self_contained_again(tmp_path, converted):
     write_remote_code(tmp_path, model.config, processor)
     assert sorted(path.name for path in tmp_path.glob("*.py")) == sorted(path.name for path in repo.glob("*.py"))
     for name in ("config.json", "processor_config.json"):
-        assert json.loads((tmp_path / name).read_text())["auto_map"] == json.loads((repo / name).read_text())["auto_map"]
+        restored, converted_map = (json.loads((folder / name).read_text())["auto_map"] for folder in (tmp_path, repo))
+        assert restored == converted_map, name
 
 
 @pytest.mark.parametrize("layout", ["local folder", "hub cache snapshot"])

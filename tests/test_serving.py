@@ -4,8 +4,8 @@ The server is started as its own process (the `deepstack-serve` command) on a fr
 checkpoint, once as converted (a remote-code repo: module files + `auto_map`) and once stripped of its code (a repo
 only the installed package can load). Either way the server runs the installed package's classes: Transformers
 prefers classes registered in the process over a repo's code, even with `trust_remote_code=True`. The independent
-expectation is `pipeline("image-text-to-text")` on the same messages. Bad requests must get HTTP 400 with a reason, and the
-server must answer the next good request.
+expectation is `pipeline("image-text-to-text")` on the same messages. Bad requests must get HTTP 400 with a reason,
+and the server must answer the next good request.
 """
 
 import base64
@@ -28,7 +28,7 @@ import torch
 from transformers.utils.import_utils import is_serve_available
 
 if not is_serve_available():
-    pytest.skip("serving needs FastAPI, Uvicorn and openai (pip install 'deepstack-hf[serving]')", allow_module_level=True)
+    pytest.skip("serving needs FastAPI, Uvicorn and openai (pip install '.[serving]')", allow_module_level=True)
 
 import openai  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
@@ -81,7 +81,8 @@ def expected(served_files) -> str:
     """The pipeline's answer for the picture and QUESTION, greedy, NEW_TOKENS tokens."""
     model_dir, image_path, _ = served_files
     pipe = pipeline("image-text-to-text", model=str(model_dir))
-    messages = [{"role": "user", "content": [{"type": "image", "path": str(image_path)}, {"type": "text", "text": QUESTION}]}]
+    content = [{"type": "image", "path": str(image_path)}, {"type": "text", "text": QUESTION}]
+    messages = [{"role": "user", "content": content}]
     answer = pipe(text=messages, max_new_tokens=NEW_TOKENS, return_full_text=False)[0]["generated_text"]
     assert answer  # the tiny model says something
     return answer
@@ -98,18 +99,20 @@ def without_remote_code(repo, destination):
     return destination
 
 
-def start_server(model_dir, hf_home):
+def start_server(model_dir, home):
+    """`deepstack-serve model_dir` on a free loopback port, once /health answers; its output goes to home/log."""
     port = free_port()
-    env = dict(os.environ, HF_HOME=str(hf_home))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "deepstack_hf.serving.cli", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
-         "--device", "cpu", "--dtype", "float32"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    with open(home / "log", "w") as log:  # the child keeps its own copy of the file descriptor
+        process = subprocess.Popen(
+            [sys.executable, "-m", "deepstack_hf.serving.cli", str(model_dir), "--host", "127.0.0.1",
+             "--port", str(port), "--device", "cpu", "--dtype", "float32"],
+            env=dict(os.environ, HF_HOME=str(home)), stdout=log, stderr=subprocess.STDOUT,
+        )
     deadline = time.time() + 240
     while time.time() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"deepstack-serve exited with {process.returncode}:\n{process.stdout.read()[-4000:]}")
+            output = (home / "log").read_text()[-4000:]
+            raise AssertionError(f"deepstack-serve exited with {process.returncode}:\n{output}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
                 if response.status == 200:

@@ -110,7 +110,8 @@ class DeepStackLMMs(lmms):
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
         # Requests with the same generation arguments are batched, longest text first (lmms-eval's Collator).
-        batches = utils.Collator([request.args for request in requests], lambda args: (-len(args[0]), args[0]), grouping=True)
+        longest_first = lambda args: (-len(args[0]), args[0])  # noqa: E731
+        batches = utils.Collator([request.args for request in requests], longest_first, grouping=True)
         results = []
         progress = tqdm(total=len(requests), disable=self.rank != 0, desc="DeepStack responding")
         for chunk in batches.get_batched(n=self.batch_size, batch_fn=None):

@@ -9,5 +9,5 @@ package only teaches it what it cannot know about a model type outside Transform
   cannot take (an unreadable image, more image tokens than the context holds, a refused input) with HTTP 400;
 * `cli`: the app for one pinned model and the `deepstack-serve` command.
 
-Needs the `serving` extra (`pip install "deepstack-hf[serving]"`: FastAPI, Uvicorn, the OpenAI types).
+Needs the `serving` extra (`pip install -e ".[serving]"` in a checkout: FastAPI, Uvicorn, the OpenAI types).
 """

@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not is_serve_available():
-        print('error: serving needs FastAPI, Uvicorn and openai: pip install "deepstack-hf[serving]"', file=sys.stderr)
+        print("error: serving needs FastAPI, Uvicorn and openai: the package's `serving` extra", file=sys.stderr)
         return 2
     import uvicorn
 
