@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from conftest import TINY_IMAGE_SIZE, TINY_PATCH_SIZE, tiny_deepstack_config
+from conftest import TINY_IMAGE_SIZE, TINY_PATCH_SIZE
 from deepstack_hf import DeepStackImageProcessor
 from deepstack_hf.conversion import ConversionError, convert_checkpoint, verify_conversion
 from deepstack_hf.conversion.original_reference import ClipPreprocessing, original_views
