@@ -20,7 +20,8 @@ from slow_llama_tokenizer import chunkwise_ids, slow_llama_encoder
 
 from deepstack_hf import DeepStackForConditionalGeneration, DeepStackImageProcessor, DeepStackProcessor
 from deepstack_hf.chat_templates import PHI3_INSTRUCT_TEMPLATE, VICUNA_V1_TEMPLATE
-from deepstack_hf.tokenization import tokenizer_from_sentencepiece, train_tiny_sentencepiece
+from deepstack_hf.conversion.tiny_sentencepiece import train_tiny_sentencepiece
+from deepstack_hf.tokenization import tokenizer_from_sentencepiece
 
 IMAGE_ID = 512  # the first id after the 512 SentencePiece pieces
 PLAIN_TOKENS = 16  # (56 / 14) ** 2
