@@ -59,7 +59,7 @@ def test_image_sizes_that_imply_fewer_views_than_sent_are_refused(model, inputs)
     # Under num_crops=4 a 1:2 image (height 200, width 100) has grid (1, 2) -> 3 views; send 5 real views.
     pixels = torch.randn(1, 5, 3, 56, 56)
     with pytest.raises(ValueError, match=r"Image 0: image_sizes \(200, 100\) implies 3 views under the model's "
-                       r"num_crops=4, hd_layout=False, but pixel_values holds 5 non-zero views \(of 5\)"):
+                       r"num_crops=4, hd_layout=False, square_grid=False, but pixel_values holds 5 non-zero views \(of 5\)"):
         model(**dict(inputs, pixel_values=pixels, image_sizes=torch.tensor([[200, 100]])))
 
 
@@ -70,6 +70,18 @@ def test_processor_with_other_num_crops_does_not_pass_silently(model):
     assert inputs["pixel_values"].shape[1] == 7
     with pytest.raises(ValueError, match=r"implies 5 views under the model's num_crops=4.*holds 7 non-zero views"):
         model(**inputs)
+
+
+def test_processor_without_the_models_square_grid_does_not_pass_silently():
+    # A 2:1 image: the best grid (2, 1) gives 3 views; a square_grid model expects the 2x2 grid, 5 views. Padded to
+    # 5 views, the two zero views would be read as crops: refused, since a real (normalized) view is never all zeros.
+    torch.manual_seed(0)
+    square = DeepStackForConditionalGeneration(tiny_deepstack_config(square_grid=True)).eval()
+    inputs = single_image_inputs(tiny_deepstack_config(), image_height=100, image_width=200)
+    padded = torch.cat([inputs["pixel_values"], torch.zeros(1, 2, 3, 56, 56)], dim=1)
+    with pytest.raises(ValueError, match=r"implies 5 views under the model's num_crops=4, hd_layout=False, "
+                       r"square_grid=True, but pixel_values holds 3 non-zero views \(of 5\)"):
+        square(**dict(inputs, pixel_values=padded))
 
 
 def test_image_tokens_without_images_are_refused(model, inputs):

@@ -235,14 +235,17 @@ class DeepStackModel(DeepStackPreTrainedModel):
 
     def check_view_counts(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor, counts: list[int]) -> None:
         """Each image's views must be exactly the `counts[i]` that its size implies under the model's `num_crops`
-        and layout, the rest zero padding: anything else means a processor with another `num_crops` / layout, or
-        `image_sizes` that do not belong to these pixels, and would silently encode the wrong views."""
+        and layout, the rest zero padding: anything else means a processor with another `num_crops` / layout /
+        `square_grid`, or `image_sizes` that do not belong to these pixels, and would silently encode the wrong views
+        (a real view is never all zeros: normalization maps black to `-mean / std`)."""
         for index, (count, size) in enumerate(zip(counts, image_sizes.tolist())):
-            if count > pixel_values.shape[1] or bool(pixel_values[index, count:].any()):
+            real = pixel_values[index, :count].flatten(1).any(1)
+            if count > pixel_values.shape[1] or bool(pixel_values[index, count:].any()) or not bool(real.all()):
                 sent = int(pixel_values[index].flatten(1).any(1).sum())
                 raise ValueError(
                     f"Image {index}: image_sizes {tuple(size)} implies {count} views under the model's "
-                    f"num_crops={self.config.num_crops}, hd_layout={self.config.hd_layout}, but pixel_values holds "
+                    f"num_crops={self.config.num_crops}, hd_layout={self.config.hd_layout}, square_grid="
+                    f"{self.config.square_grid}, but pixel_values holds "
                     f"{sent} non-zero views (of {pixel_values.shape[1]}); was it made by a processor with another "
                     "num_crops, or for other image sizes?"
                 )
