@@ -80,6 +80,13 @@ def test_image_tokens_without_images_are_refused(model, inputs):
         model(input_ids=text_only)  # text alone is fine
 
 
+def test_image_tokens_without_images_inside_generate_warn(model, inputs, caplog):
+    # generate() always passes a cache; assisted decoding runs its assistant on the prompt without the images.
+    with caplog.at_level(logging.WARNING), torch.no_grad():
+        model.generate(input_ids=inputs["input_ids"], max_new_tokens=1, do_sample=False)
+    assert "input_ids holds 16 image tokens (id 300) but no pixel_values or mm_encoder_outputs were given; they are read as text" in caplog.text
+
+
 def test_generation_after_images_is_not_mistaken_for_missing_images(model, inputs):
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=3, do_sample=False)

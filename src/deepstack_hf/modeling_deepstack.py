@@ -220,15 +220,22 @@ class DeepStackModel(DeepStackPreTrainedModel):
                 )
 
     def check_text_inputs(self, input_ids, inputs_embeds, past_key_values, has_images: bool) -> None:
-        """Image tokens need images (at prefill), and a prompt past `max_position_embeddings` gets a warning."""
+        """Image tokens need images, and a prompt past `max_position_embeddings` gets a warning.
+
+        Image tokens without images are an error in a direct call, a warning at a prefill inside `generate()`
+        (which always passes a cache): assisted decoding runs its assistant on the prompt without the images.
+        """
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
         if input_ids is not None and not has_images and past == 0:
             image_tokens = int((input_ids == self.config.image_token_id).sum())
             if image_tokens:
-                raise ValueError(
-                    f"input_ids holds {image_tokens} image tokens (id {self.config.image_token_id}) but no pixel_values "
-                    "or mm_encoder_outputs were given."
+                message = (
+                    f"input_ids holds {image_tokens} image tokens (id {self.config.image_token_id}) but no "
+                    "pixel_values or mm_encoder_outputs were given"
                 )
+                if past_key_values is None:
+                    raise ValueError(message + ".")
+                logger.warning_once(message + "; they are read as text.")
         length = past + (input_ids if input_ids is not None else inputs_embeds).shape[1]
         limit = self.config.text_config.max_position_embeddings
         if limit and length > limit:
