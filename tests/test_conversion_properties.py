@@ -16,7 +16,7 @@ from deepstack_hf.conversion import ConversionError
 from deepstack_hf.conversion.config_bounds import ORIGINAL_FIELDS, check_original_config
 from deepstack_hf.conversion.streaming_safetensors import MAX_DIM, MAX_RANK, TORCH_DTYPES, itemsize, read_header
 
-SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 json_scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True),

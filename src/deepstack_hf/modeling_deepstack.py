@@ -251,14 +251,19 @@ class DeepStackModel(DeepStackPreTrainedModel):
                 )
 
     def check_text_inputs(self, input_ids, inputs_embeds, past_key_values, has_images: bool) -> None:
-        """Image tokens need images (at prefill), and a prompt past `max_position_embeddings` gets a warning."""
+        """Warnings for image tokens without images (at prefill) and for a prompt past `max_position_embeddings`.
+
+        Image tokens without images are a warning, not an error: generate()'s assisted decoding runs its assistant
+        on the prompt without the images, and Transformers' common tests feed text-only ids in which the image
+        token id doubles as padding.
+        """
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
         if input_ids is not None and not has_images and past == 0:
             image_tokens = int((input_ids == self.config.image_token_id).sum())
             if image_tokens:
-                raise ValueError(
-                    f"input_ids holds {image_tokens} image tokens (id {self.config.image_token_id}) but no pixel_values "
-                    "or mm_encoder_outputs were given."
+                logger.warning_once(
+                    f"input_ids holds {image_tokens} image tokens (id {self.config.image_token_id}) but no "
+                    "pixel_values or mm_encoder_outputs were given; they are read as text."
                 )
         length = past + (input_ids if input_ids is not None else inputs_embeds).shape[1]
         limit = self.config.text_config.max_position_embeddings

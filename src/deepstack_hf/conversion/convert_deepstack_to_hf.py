@@ -31,6 +31,7 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -496,8 +497,10 @@ def load_streamed(converted_dir, offload_folder) -> torch.nn.Module:
             offload_index[name] = {"safetensors_file": str(record.file), "weight_name": record.name, "dtype": "float32"}
         else:
             set_module_tensor_to_device(model, name, "cpu", value=read_tensor(records[name]).to(torch.float32))
-    model = dispatch_model(model, device_map=device_map, main_device="cpu", offload_dir=offload_folder,
-                           offload_index=offload_index)
+    with warnings.catch_warnings():  # accelerate warns about keys that name a parameter, as image_newline does
+        warnings.filterwarnings("ignore", message="The following device_map keys do not match any submodules")
+        model = dispatch_model(model, device_map=device_map, main_device="cpu", offload_dir=offload_folder,
+                               offload_index=offload_index)
     model.generation_config = GenerationConfig.from_pretrained(converted_dir)
     return model.eval()
 
