@@ -232,3 +232,11 @@ def test_trl_sft_trainer_assistant_only_loss(processor, tmp_path):
     assert not (batch["input_ids"][trained] == IMAGE_ID).any()
     result = trainer.train()
     assert np.isfinite(result.training_loss)
+
+
+def test_outputs_are_exactly_the_model_input_names(processor):
+    """What the model's forward takes, nothing else (the image processor's `num_image_tokens` stays behind), and
+    every value a tensor when `return_tensors` is given, also through `text_kwargs`."""
+    out = processor(images=[image(40, 25)], text="<image> hi", return_tensors="pt", text_kwargs={})
+    assert set(out) == set(processor.model_input_names) == {"input_ids", "attention_mask", "pixel_values", "image_sizes"}
+    assert all(isinstance(value, torch.Tensor) for value in out.values())

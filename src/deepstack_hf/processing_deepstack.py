@@ -18,7 +18,6 @@ from transformers.processing_utils import MultiModalData, ProcessingKwargs, Proc
 from transformers.utils import is_torch_available
 
 from .grid_layout import candidate_grids, num_views
-
 from .image_processing_deepstack import _flatten_images
 
 
@@ -128,14 +127,13 @@ class DeepStackProcessor(ProcessorMixin):
             hd = self.image_processor.hd_layout if kwargs.get("hd_layout") is None else kwargs["hd_layout"]
             most = max(num_views(grid, num_crops, hd) for grid in candidate_grids(num_crops))
             missing = most - pixel_values.shape[1]
-            if missing > 0:
-                padding = [(0, 0), (0, missing)] + [(0, 0)] * (pixel_values.ndim - 2)
+            if missing > 0:  # zero views after each image's own, as the image processor pads
                 if isinstance(pixel_values, np.ndarray):
-                    pixel_values = np.pad(pixel_values, padding)
+                    padding = [(0, 0), (0, missing)] + [(0, 0)] * (pixel_values.ndim - 2)
+                    processed["pixel_values"] = np.pad(pixel_values, padding)
                 else:
-                    pad = [0, 0] * (pixel_values.ndim - 2) + [0, missing]
-                    pixel_values = torch.nn.functional.pad(pixel_values, pad)
-                processed["pixel_values"] = pixel_values
+                    padding = [0, 0] * (pixel_values.ndim - 2) + [0, missing]
+                    processed["pixel_values"] = torch.nn.functional.pad(pixel_values, padding)
         return processed, replacements
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
