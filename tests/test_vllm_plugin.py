@@ -124,6 +124,26 @@ def test_plugin_is_an_entry_point():
     assert plugins.get("deepstack") == "deepstack_hf.vllm_plugin:register"
 
 
+@pytest.mark.parametrize(
+    "prompt",
+    [QUESTION, TWO_IMAGES, "<image>\nDescribe.", "USER: <image> ASSISTANT: </s>USER: <image>\n\n  two spaces"],
+)
+@pytest.mark.parametrize("with_bos", [True, False])
+def test_prompt_ids_are_the_processors(converted, prompt, with_bos):
+    """vLLM's one-piece tokenization (with BOS, or without as its chat path does) -> the processor's chunked ids."""
+    from deepstack_hf.vllm_plugin.processing import original_prompt_ids
+
+    processor = AutoProcessor.from_pretrained(converted["plain"])
+    tokenizer, image_token_id = processor.tokenizer, processor.image_token_id
+    one_piece = tokenizer(prompt, add_special_tokens=with_bos)["input_ids"]
+    images = [WIDE] * prompt.count("<image>")
+    expected = processor(text=prompt, images=images)["input_ids"][0]
+    one_per_image = [
+        token for i, token in enumerate(expected) if token != image_token_id or i == 0 or expected[i - 1] != token
+    ]
+    assert original_prompt_ids(one_piece, tokenizer, "<image>", image_token_id) == one_per_image
+
+
 def test_placeholder_runs_follow_the_spec_token_counts(converted):
     """Each image's placeholder run in vLLM's HD prompt has SPEC's length, 16 + 4h(4w + 1) for 4x4-patch views."""
     image_token_id = AutoProcessor.from_pretrained(converted["hd"]).image_token_id
@@ -146,6 +166,11 @@ def test_greedy_tokens_match_transformers(converted, name, max_num_batched_token
     repo = converted[name]
     expected = _transformers_generate(repo, BATCH)
     first, second = _vllm_generate(repo, BATCH, max_num_batched_tokens=max_num_batched_tokens, repeat=2)
+    if max_num_batched_tokens < 2048:  # the first request is scheduled first: its first chunk ends inside its image
+        image_token_id = AutoProcessor.from_pretrained(repo).image_token_id
+        prompt_ids = expected[0][0]
+        start, length = prompt_ids.index(image_token_id), prompt_ids.count(image_token_id)
+        assert start < max_num_batched_tokens < start + length, "the token budget does not split the first image"
     assert [ids for ids, _ in first] == [ids for ids, _ in expected], "vLLM's prompt ids differ from the processor's"
     assert [new for _, new in first] == [new for _, new in expected]
     assert second == first

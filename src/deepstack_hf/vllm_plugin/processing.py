@@ -38,26 +38,30 @@ def image_grid(config: DeepStackConfig, width: int, height: int) -> tuple[int, i
 def original_prompt_ids(token_ids: list[int], tokenizer, image_token: str, image_token_id: int) -> list[int]:
     """Re-tokenizes a prompt that vLLM tokenized in one piece the way the original (and `DeepStackProcessor`) does.
 
-    The original splits the prompt at every `<image>` and tokenizes each chunk on its own, so the text after an image
-    starts with SentencePiece's word-boundary piece (`"\\nWhat"` -> `▁`, `\\n`, `What`); one tokenizer call over the
-    whole prompt gives no such piece. The prompt is decoded back to text (exact for these tokenizers, except that a
-    space right after BOS is not kept) and encoded chunk by chunk; BOS stays only at the start, where vLLM put it.
+    The original splits the prompt at every `<image>`, tokenizes each chunk on its own with BOS and keeps BOS only at
+    the start, so the text after an image starts with SentencePiece's word-boundary piece (`"\\nWhat"` -> `▁`, `\\n`,
+    `What`) and the prompt always starts with BOS. One tokenizer call over the whole prompt gives no such piece, and
+    vLLM's chat path adds no BOS (the chat templates leave it to the tokenizer). The prompt is decoded back to text
+    (exact for these tokenizers, except that a space right after BOS is not kept) and encoded chunk by chunk.
 
     Args:
-        token_ids: the prompt as vLLM tokenized it, one `image_token_id` per image.
+        token_ids: the prompt as vLLM tokenized it, one `image_token_id` per image, with or without BOS.
 
     Returns:
         The original's ids, still one `image_token_id` per image (vLLM expands them afterwards).
     """
     bos_id = tokenizer.bos_token_id
-    has_bos = bool(token_ids) and bos_id is not None and token_ids[0] == bos_id
-    text = tokenizer.decode(token_ids[1:] if has_bos else token_ids, skip_special_tokens=False)
+
+    def without_bos(ids: list[int]) -> list[int]:
+        return ids[1:] if ids and bos_id is not None and ids[0] == bos_id else list(ids)
+
+    text = tokenizer.decode(without_bos(token_ids), skip_special_tokens=False)
     chunks = [slow_compatible_text(chunk, tokenizer) for chunk in text.split(image_token)]
-    encoded = tokenizer(chunks, add_special_tokens=has_bos)["input_ids"]
+    encoded = tokenizer(chunks, add_special_tokens=True)["input_ids"]
     ids = list(encoded[0])
     for chunk_ids in encoded[1:]:
         ids.append(image_token_id)
-        ids.extend(chunk_ids[1:] if has_bos else chunk_ids)
+        ids.extend(without_bos(chunk_ids))
     return ids
 
 
