@@ -50,12 +50,24 @@ BATCH = [
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-    """{"plain": dir, "hd": dir}: converted tiny repos; HD puts its 4 stacks before layers 1, 3, 5, 7."""
+    """{"plain", "hd", "phi3"}: converted tiny repos; HD puts its 4 stacks before layers 1, 3, 5, 7, Phi-3 (fused
+    qkv_proj / gate_up_proj weights) before layers 1-4."""
     root = tmp_path_factory.mktemp("vllm-deepstack")
     repos = {}
-    for name, hd, extra in (("plain", False, None), ("hd", True, {"deepstack_interval": 2})):
+    variants = (
+        ("plain", "llama", False, None),
+        ("hd", "llama", True, {"deepstack_interval": 2}),
+        ("phi3", "phi3", False, None),
+    )
+    for name, text_model_type, hd, extra in variants:
         synthetic = build_synthetic_checkpoint(
-            root / f"src-{name}", hd=hd, hidden_size=256, num_hidden_layers=8, dtype=torch.float32, extra_config=extra
+            root / f"src-{name}",
+            text_model_type=text_model_type,
+            hd=hd,
+            hidden_size=256,
+            num_hidden_layers=8,
+            dtype=torch.float32,
+            extra_config=extra,
         )
         convert_checkpoint(synthetic.checkpoint, root / name, progress=False)
         repos[name] = str(root / name)
@@ -156,8 +168,8 @@ def test_placeholder_runs_follow_the_spec_token_counts(converted):
 
 @pytest.mark.parametrize(
     ("name", "max_num_batched_tokens"),
-    [("plain", 2048), ("hd", 2048), ("plain", 24), ("hd", 40)],
-    ids=["plain", "hd", "plain-chunked", "hd-chunked"],
+    [("plain", 2048), ("hd", 2048), ("plain", 24), ("hd", 40), ("phi3", 24)],
+    ids=["plain", "hd", "plain-chunked", "hd-chunked", "phi3-chunked"],
 )
 def test_greedy_tokens_match_transformers(converted, name, max_num_batched_tokens):
     """Mixed batch (two image sizes, text only, two images in one prompt, a repeated request), run twice in one

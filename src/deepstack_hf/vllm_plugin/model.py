@@ -283,7 +283,8 @@ class DeepStackForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsP
         sequence, stacks = rows.split([self.hidden_size, self.num_stacks * self.hidden_size], dim=-1)
         inputs_embeds = _merge_multimodal_embeddings(inputs_embeds, [sequence], is_multimodal)
         num_tokens = inputs_embeds.shape[0]
-        stack_rows = _merge_multimodal_embeddings(inputs_embeds.new_zeros(num_tokens, stacks.shape[-1]), [stacks], is_multimodal)
+        stack_rows = inputs_embeds.new_zeros(num_tokens, stacks.shape[-1])
+        stack_rows = _merge_multimodal_embeddings(stack_rows, [stacks], is_multimodal)
         self._store_stacks(stack_rows.view(num_tokens, self.num_stacks, self.hidden_size).transpose(0, 1))
         return inputs_embeds
 

@@ -119,7 +119,10 @@ class DeepStackMultiModalProcessor(BaseMultiModalProcessor[DeepStackProcessingIn
     """Pixel views per image (flat, unpadded), one placeholder run per `<image>`, the original's prompt ids."""
 
     def _postprocess_hf_mm_data(
-        self, mm_inputs: Mapping[str, object], hf_processor_mm_kwargs: Mapping[str, object], processed_data: BatchFeature
+        self,
+        mm_inputs: Mapping[str, object],
+        hf_processor_mm_kwargs: Mapping[str, object],
+        processed_data: BatchFeature,
     ) -> BatchFeature:
         """`pixel_values` `(num_images, max_views, 3, S, S)` -> `(total_views, 3, S, S)` plus `num_views` per image."""
         if "pixel_values" not in processed_data:
