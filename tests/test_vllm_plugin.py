@@ -88,7 +88,10 @@ def in_process_cpu_engine():
 
 
 def _vllm_generate(repo: str, requests: list, max_num_batched_tokens: int = 2048, repeat: int = 1):
-    """Greedy vLLM outputs for `requests` [(prompt, images)], the batch run `repeat` times in one engine."""
+    """Per run of the batch (`repeat` runs in one engine): [(prompt ids, greedy new ids, prefix-cached prompt tokens)].
+
+    Blocks of 32 tokens (the CPU attention's smallest) let the short test prompts hit the prefix cache when repeated.
+    """
     from vllm import LLM, SamplingParams
 
     llm = LLM(
@@ -97,6 +100,7 @@ def _vllm_generate(repo: str, requests: list, max_num_batched_tokens: int = 2048
         max_model_len=2048,
         max_num_batched_tokens=max_num_batched_tokens,
         max_num_seqs=8,
+        block_size=32,
         enforce_eager=True,
         limit_mm_per_prompt={"image": 2},
         seed=0,
@@ -107,7 +111,10 @@ def _vllm_generate(repo: str, requests: list, max_num_batched_tokens: int = 2048
         for prompt, images in requests
     ]
     runs = [
-        [(list(out.prompt_token_ids), list(out.outputs[0].token_ids)) for out in llm.generate(prompts, params)]
+        [
+            (list(out.prompt_token_ids), list(out.outputs[0].token_ids), out.num_cached_tokens or 0)
+            for out in llm.generate(prompts, params)
+        ]
         for _ in range(repeat)
     ]
     del llm
@@ -162,7 +169,7 @@ def test_placeholder_runs_follow_the_spec_token_counts(converted):
     (runs,) = _vllm_generate(converted["hd"], [(QUESTION, [WIDE]), (QUESTION, [TALL])])
     grids = [select_best_grid(image.width, image.height, num_crops=4, crop_size=56) for image in (WIDE, TALL)]
     assert grids[0] != grids[1]
-    for (prompt_ids, _), (grid_w, grid_h) in zip(runs, grids):
+    for (prompt_ids, _, _), (grid_w, grid_h) in zip(runs, grids):
         assert prompt_ids.count(image_token_id) == 16 + 4 * grid_h * (4 * grid_w + 1)
 
 
@@ -178,14 +185,14 @@ def test_greedy_tokens_match_transformers(converted, name, max_num_batched_token
     repo = converted[name]
     expected = _transformers_generate(repo, BATCH)
     first, second = _vllm_generate(repo, BATCH, max_num_batched_tokens=max_num_batched_tokens, repeat=2)
+    image_token_id = AutoProcessor.from_pretrained(repo).image_token_id
+    start, length = expected[0][0].index(image_token_id), expected[0][0].count(image_token_id)
     if max_num_batched_tokens < 2048:  # the first request is scheduled first: its first chunk ends inside its image
-        image_token_id = AutoProcessor.from_pretrained(repo).image_token_id
-        prompt_ids = expected[0][0]
-        start, length = prompt_ids.index(image_token_id), prompt_ids.count(image_token_id)
         assert start < max_num_batched_tokens < start + length, "the token budget does not split the first image"
-    assert [ids for ids, _ in first] == [ids for ids, _ in expected], "vLLM's prompt ids differ from the processor's"
-    assert [new for _, new in first] == [new for _, new in expected]
-    assert second == first
+    assert [ids for ids, _, _ in first] == [ids for ids, _ in expected], "vLLM's prompt ids differ from the processor's"
+    assert [new for _, new, _ in first] == [new for _, new in expected]
+    assert [(ids, new) for ids, new, _ in second] == [(ids, new) for ids, new, _ in first]
+    assert second[0][2] > start, "the repeated run took none of the first image's tokens from the prefix cache"
 
 
 def test_stacks_change_the_tokens(converted):
