@@ -224,6 +224,11 @@ class DeepStackForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsP
         self.stack_buffer_tokens = 0
         self.make_empty_intermediate_tensors = self.language_model.make_empty_intermediate_tensors
 
+        # The converter's generation_config.json suppresses the ids no text maps to (the image placeholder, padding
+        # rows); Transformers' generate honours suppress_tokens, vLLM's sampler does not, so the logits do.
+        suppressed = vllm_config.model_config.try_get_generation_config().get("suppress_tokens") or []
+        self.suppressed_token_ids = torch.tensor(sorted(set(suppressed)), dtype=torch.long)
+
     @staticmethod
     def _check_supported(config) -> None:
         model_type = config.text_config.model_type
@@ -322,7 +327,12 @@ class DeepStackForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsP
         return hidden_states
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
-        return self.language_model.compute_logits(hidden_states)
+        """Logits `(num_tokens, vocab)`, `-inf` at the generation config's `suppress_tokens` (as Transformers'
+        `SuppressTokensLogitsProcessor`)."""
+        logits = self.language_model.compute_logits(hidden_states)
+        if logits is not None and self.suppressed_token_ids.numel():
+            logits[:, self.suppressed_token_ids.to(logits.device)] = float("-inf")
+        return logits
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         return AutoWeightsLoader(self).load_weights(weights, mapper=self.hf_to_vllm_mapper)
