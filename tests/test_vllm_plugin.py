@@ -180,8 +180,8 @@ def test_placeholder_runs_follow_the_spec_token_counts(converted):
 )
 def test_greedy_tokens_match_transformers(converted, name, max_num_batched_tokens):
     """Mixed batch (two image sizes, text only, two images in one prompt, a repeated request), run twice in one
-    engine (the second run is served from the prefix and encoder caches). A small token budget splits every
-    image across prefill chunks (plain: 16 tokens after a 24-token-budget prefix; HD: 64-96 tokens, budget 40)."""
+    engine (the second run is served from the prefix and encoder caches). A small token budget cuts images across
+    prefill chunks (plain and Phi-3: 16-token images, budget 24; HD: 52- and 76-token images, budget 40)."""
     repo = converted[name]
     expected = _transformers_generate(repo, BATCH)
     first, second = _vllm_generate(repo, BATCH, max_num_batched_tokens=max_num_batched_tokens, repeat=2)
