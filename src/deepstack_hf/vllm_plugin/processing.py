@@ -1,9 +1,9 @@
 """vLLM's multimodal processing for DeepStack: prompt ids, pixel views and placeholder runs per image.
 
 vLLM tokenizes the prompt text itself, then asks this processor for (1) the pixel views of each image, (2) the
-run of placeholder ids that replaces each `<image>` id. Images are processed one by one by
-[`DeepStackProcessor`] (so vLLM can cache every image on its own) and their views are kept unpadded, flat
-along the first axis. The grid and token counts come from [`deepstack_hf.grid_layout`], the same functions the
+run of placeholder ids that replaces each `<image>` id. [`DeepStackProcessor`] makes the views; they are kept
+unpadded, flat along the first axis, so every image's item is independent of the others in its batch (vLLM caches
+each image on its own). The grid and token counts come from [`deepstack_hf.grid_layout`], the same functions the
 Transformers processor and model use.
 """
 
