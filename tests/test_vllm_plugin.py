@@ -149,7 +149,7 @@ def test_plugin_is_an_entry_point():
 )
 @pytest.mark.parametrize("with_bos", [True, False])
 def test_prompt_ids_are_the_processors(converted, prompt, with_bos):
-    """vLLM's one-piece tokenization (with BOS, or without as its chat path does) -> the processor's chunked ids."""
+    """vLLM's one-piece tokenization (with BOS, or without as its chat path does) -> the processor's ids."""
     from deepstack_hf.vllm_plugin.processing import original_prompt_ids
 
     processor = AutoProcessor.from_pretrained(converted["plain"])
@@ -160,7 +160,7 @@ def test_prompt_ids_are_the_processors(converted, prompt, with_bos):
     one_per_image = [
         token for i, token in enumerate(expected) if token != image_token_id or i == 0 or expected[i - 1] != token
     ]
-    assert original_prompt_ids(one_piece, tokenizer, "<image>", image_token_id) == one_per_image
+    assert original_prompt_ids(one_piece, tokenizer.bos_token_id) == one_per_image
 
 
 def test_placeholder_runs_follow_the_spec_token_counts(converted):

@@ -27,7 +27,6 @@ from vllm.multimodal.processing import (
 from ..configuration_deepstack import DeepStackConfig
 from ..grid_layout import candidate_grids, num_image_tokens, num_views, select_best_grid
 from ..processing_deepstack import DeepStackProcessor
-from ..tokenization import slow_compatible_text
 
 
 def image_grid(config: DeepStackConfig, width: int, height: int) -> tuple[int, int]:
@@ -35,34 +34,17 @@ def image_grid(config: DeepStackConfig, width: int, height: int) -> tuple[int, i
     return select_best_grid(width, height, config.num_crops, config.vision_config.image_size)
 
 
-def original_prompt_ids(token_ids: list[int], tokenizer, image_token: str, image_token_id: int) -> list[int]:
-    """Re-tokenizes a prompt that vLLM tokenized in one piece the way the original (and `DeepStackProcessor`) does.
+def original_prompt_ids(token_ids: list[int], bos_token_id: int | None) -> list[int]:
+    """vLLM's ids of an image prompt -> the original's: BOS in front when vLLM left it out.
 
-    The original splits the prompt at every `<image>`, tokenizes each chunk on its own with BOS and keeps BOS only at
-    the start, so the text after an image starts with SentencePiece's word-boundary piece (`"\\nWhat"` -> `▁`, `\\n`,
-    `What`) and the prompt always starts with BOS. One tokenizer call over the whole prompt gives no such piece, and
-    vLLM's chat path adds no BOS (the chat templates leave it to the tokenizer). The prompt is decoded back to text
-    (exact for these tokenizers, except that a space right after BOS is not kept) and encoded chunk by chunk.
-
-    Args:
-        token_ids: the prompt as vLLM tokenized it, one `image_token_id` per image, with or without BOS.
-
-    Returns:
-        The original's ids, still one `image_token_id` per image (vLLM expands them afterwards).
+    The converted tokenizer carries the original's word-boundary rules (`match_slow_word_boundaries`: the text after
+    an image starts with SentencePiece's `▁`, as the original's chunk-wise tokenization gives), so vLLM's one-piece
+    tokenization already gives the processor's ids. The original always starts a prompt with BOS, which the chat
+    templates leave to the tokenizer and vLLM's chat path does not add.
     """
-    bos_id = tokenizer.bos_token_id
-
-    def without_bos(ids: list[int]) -> list[int]:
-        return ids[1:] if ids and bos_id is not None and ids[0] == bos_id else list(ids)
-
-    text = tokenizer.decode(without_bos(token_ids), skip_special_tokens=False)
-    chunks = [slow_compatible_text(chunk, tokenizer) for chunk in text.split(image_token)]
-    encoded = tokenizer(chunks, add_special_tokens=True)["input_ids"]
-    ids = list(encoded[0])
-    for chunk_ids in encoded[1:]:
-        ids.append(image_token_id)
-        ids.extend(without_bos(chunk_ids))
-    return ids
+    if bos_token_id is None or token_ids[:1] == [bos_token_id]:
+        return list(token_ids)
+    return [bos_token_id, *token_ids]
 
 
 class DeepStackProcessingInfo(BaseProcessingInfo):
@@ -164,8 +146,7 @@ class DeepStackMultiModalProcessor(BaseMultiModalProcessor[DeepStackProcessingIn
         return [PromptReplacement(modality="image", target=[image_token_id], replacement=placeholder_run)]
 
     def _postprocess_prompt(self, prompt: list[int]) -> list[int]:
-        processor = self.info.get_hf_processor()
-        return original_prompt_ids(prompt, processor.tokenizer, processor.image_token, processor.image_token_id)
+        return original_prompt_ids(prompt, self.info.get_tokenizer().bos_token_id)
 
 
 __all__ = [
