@@ -237,6 +237,12 @@ class DeepStackForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsP
                 f"The DeepStack vLLM plugin serves text models of type {SUPPORTED_TEXT_MODEL_TYPES}, not "
                 f"{model_type!r}; use DeepStackForConditionalGeneration in Transformers for it."
             )
+        # DeepStack-V (config.deepstack_variant "V" since the issue-12 merge) adds its stacks inside CLIP's layers.
+        if getattr(config, "deepstack_variant", "L") != "L":
+            raise ValueError(
+                "The DeepStack vLLM plugin serves DeepStack-L (stacks into the decoder); DeepStack-V "
+                "(deepstack_variant='V', stacks inside the vision tower) runs in Transformers only."
+            )
         if config.projector_depth not in (1, 2):
             raise ValueError(
                 f"The DeepStack vLLM plugin serves projector_depth 1 (linear) or 2 (mlp2x_gelu), not "
