@@ -50,12 +50,24 @@ BATCH = [
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-    """{"plain": dir, "hd": dir}: converted tiny repos; HD puts its 4 stacks before layers 1, 3, 5, 7."""
+    """{"plain", "hd", "phi3"}: converted tiny repos; HD puts its 4 stacks before layers 1, 3, 5, 7, Phi-3 (fused
+    qkv_proj / gate_up_proj weights) before layers 1-4."""
     root = tmp_path_factory.mktemp("vllm-deepstack")
     repos = {}
-    for name, hd, extra in (("plain", False, None), ("hd", True, {"deepstack_interval": 2})):
+    variants = (
+        ("plain", "llama", False, None),
+        ("hd", "llama", True, {"deepstack_interval": 2}),
+        ("phi3", "phi3", False, None),
+    )
+    for name, text_model_type, hd, extra in variants:
         synthetic = build_synthetic_checkpoint(
-            root / f"src-{name}", hd=hd, hidden_size=256, num_hidden_layers=8, dtype=torch.float32, extra_config=extra
+            root / f"src-{name}",
+            text_model_type=text_model_type,
+            hd=hd,
+            hidden_size=256,
+            num_hidden_layers=8,
+            dtype=torch.float32,
+            extra_config=extra,
         )
         convert_checkpoint(synthetic.checkpoint, root / name, progress=False)
         repos[name] = str(root / name)
@@ -76,7 +88,10 @@ def in_process_cpu_engine():
 
 
 def _vllm_generate(repo: str, requests: list, max_num_batched_tokens: int = 2048, repeat: int = 1):
-    """Greedy vLLM outputs for `requests` [(prompt, images)], the batch run `repeat` times in one engine."""
+    """Per run of the batch (`repeat` runs in one engine): [(prompt ids, greedy new ids, prefix-cached prompt tokens)].
+
+    Blocks of 32 tokens (the CPU attention's smallest) let the short test prompts hit the prefix cache when repeated.
+    """
     from vllm import LLM, SamplingParams
 
     llm = LLM(
@@ -85,6 +100,7 @@ def _vllm_generate(repo: str, requests: list, max_num_batched_tokens: int = 2048
         max_model_len=2048,
         max_num_batched_tokens=max_num_batched_tokens,
         max_num_seqs=8,
+        block_size=32,
         enforce_eager=True,
         limit_mm_per_prompt={"image": 2},
         seed=0,
@@ -95,7 +111,10 @@ def _vllm_generate(repo: str, requests: list, max_num_batched_tokens: int = 2048
         for prompt, images in requests
     ]
     runs = [
-        [(list(out.prompt_token_ids), list(out.outputs[0].token_ids)) for out in llm.generate(prompts, params)]
+        [
+            (list(out.prompt_token_ids), list(out.outputs[0].token_ids), out.num_cached_tokens or 0)
+            for out in llm.generate(prompts, params)
+        ]
         for _ in range(repeat)
     ]
     del llm
@@ -124,31 +143,56 @@ def test_plugin_is_an_entry_point():
     assert plugins.get("deepstack") == "deepstack_hf.vllm_plugin:register"
 
 
+@pytest.mark.parametrize(
+    "prompt",
+    [QUESTION, TWO_IMAGES, "<image>\nDescribe.", "USER: <image> ASSISTANT: </s>USER: <image>\n\n  two spaces"],
+)
+@pytest.mark.parametrize("with_bos", [True, False])
+def test_prompt_ids_are_the_processors(converted, prompt, with_bos):
+    """vLLM's one-piece tokenization (with BOS, or without as its chat path does) -> the processor's ids."""
+    from deepstack_hf.vllm_plugin.processing import original_prompt_ids
+
+    processor = AutoProcessor.from_pretrained(converted["plain"])
+    tokenizer, image_token_id = processor.tokenizer, processor.image_token_id
+    one_piece = tokenizer(prompt, add_special_tokens=with_bos)["input_ids"]
+    images = [WIDE] * prompt.count("<image>")
+    expected = processor(text=prompt, images=images)["input_ids"][0]
+    one_per_image = [
+        token for i, token in enumerate(expected) if token != image_token_id or i == 0 or expected[i - 1] != token
+    ]
+    assert original_prompt_ids(one_piece, tokenizer.bos_token_id) == one_per_image
+
+
 def test_placeholder_runs_follow_the_spec_token_counts(converted):
     """Each image's placeholder run in vLLM's HD prompt has SPEC's length, 16 + 4h(4w + 1) for 4x4-patch views."""
     image_token_id = AutoProcessor.from_pretrained(converted["hd"]).image_token_id
     (runs,) = _vllm_generate(converted["hd"], [(QUESTION, [WIDE]), (QUESTION, [TALL])])
     grids = [select_best_grid(image.width, image.height, num_crops=4, crop_size=56) for image in (WIDE, TALL)]
     assert grids[0] != grids[1]
-    for (prompt_ids, _), (grid_w, grid_h) in zip(runs, grids):
+    for (prompt_ids, _, _), (grid_w, grid_h) in zip(runs, grids):
         assert prompt_ids.count(image_token_id) == 16 + 4 * grid_h * (4 * grid_w + 1)
 
 
 @pytest.mark.parametrize(
     ("name", "max_num_batched_tokens"),
-    [("plain", 2048), ("hd", 2048), ("plain", 24), ("hd", 40)],
-    ids=["plain", "hd", "plain-chunked", "hd-chunked"],
+    [("plain", 2048), ("hd", 2048), ("plain", 24), ("hd", 40), ("phi3", 24)],
+    ids=["plain", "hd", "plain-chunked", "hd-chunked", "phi3-chunked"],
 )
 def test_greedy_tokens_match_transformers(converted, name, max_num_batched_tokens):
     """Mixed batch (two image sizes, text only, two images in one prompt, a repeated request), run twice in one
-    engine (the second run is served from the prefix and encoder caches). A small token budget splits every
-    image across prefill chunks (plain: 16 tokens after a 24-token-budget prefix; HD: 64-96 tokens, budget 40)."""
+    engine (the second run is served from the prefix and encoder caches). A small token budget cuts images across
+    prefill chunks (plain and Phi-3: 16-token images, budget 24; HD: 52- and 76-token images, budget 40)."""
     repo = converted[name]
     expected = _transformers_generate(repo, BATCH)
     first, second = _vllm_generate(repo, BATCH, max_num_batched_tokens=max_num_batched_tokens, repeat=2)
-    assert [ids for ids, _ in first] == [ids for ids, _ in expected], "vLLM's prompt ids differ from the processor's"
-    assert [new for _, new in first] == [new for _, new in expected]
-    assert second == first
+    image_token_id = AutoProcessor.from_pretrained(repo).image_token_id
+    start, length = expected[0][0].index(image_token_id), expected[0][0].count(image_token_id)
+    if max_num_batched_tokens < 2048:  # the first request is scheduled first: its first chunk ends inside its image
+        assert start < max_num_batched_tokens < start + length, "the token budget does not split the first image"
+    assert [ids for ids, _, _ in first] == [ids for ids, _ in expected], "vLLM's prompt ids differ from the processor's"
+    assert [new for _, new, _ in first] == [new for _, new in expected]
+    assert [(ids, new) for ids, new, _ in second] == [(ids, new) for ids, new, _ in first]
+    assert second[0][2] > start, "the repeated run took none of the first image's tokens from the prefix cache"
 
 
 def test_stacks_change_the_tokens(converted):

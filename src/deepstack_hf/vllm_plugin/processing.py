@@ -1,9 +1,9 @@
 """vLLM's multimodal processing for DeepStack: prompt ids, pixel views and placeholder runs per image.
 
 vLLM tokenizes the prompt text itself, then asks this processor for (1) the pixel views of each image, (2) the
-run of placeholder ids that replaces each `<image>` id. Images are processed one by one by
-[`DeepStackProcessor`] (so vLLM can cache every image on its own) and their views are kept unpadded, flat
-along the first axis. The grid and token counts come from [`deepstack_hf.grid_layout`], the same functions the
+run of placeholder ids that replaces each `<image>` id. [`DeepStackProcessor`] makes the views; they are kept
+unpadded, flat along the first axis, so every image's item is independent of the others in its batch (vLLM caches
+each image on its own). The grid and token counts come from [`deepstack_hf.grid_layout`], the same functions the
 Transformers processor and model use.
 """
 
@@ -28,7 +28,6 @@ from ..configuration_deepstack import DeepStackConfig
 from .. import grid_layout
 from ..grid_layout import candidate_grids, num_image_tokens, num_views
 from ..processing_deepstack import DeepStackProcessor
-from ..tokenization import slow_compatible_text
 
 
 def image_grid(config: DeepStackConfig, width: int, height: int) -> tuple[int, int]:
@@ -36,30 +35,17 @@ def image_grid(config: DeepStackConfig, width: int, height: int) -> tuple[int, i
     return grid_layout.image_grid(width, height, config.num_crops, config.vision_config.image_size, config.square_grid)
 
 
-def original_prompt_ids(token_ids: list[int], tokenizer, image_token: str, image_token_id: int) -> list[int]:
-    """Re-tokenizes a prompt that vLLM tokenized in one piece the way the original (and `DeepStackProcessor`) does.
+def original_prompt_ids(token_ids: list[int], bos_token_id: int | None) -> list[int]:
+    """vLLM's ids of an image prompt -> the original's: BOS in front when vLLM left it out.
 
-    The original splits the prompt at every `<image>` and tokenizes each chunk on its own, so the text after an image
-    starts with SentencePiece's word-boundary piece (`"\\nWhat"` -> `▁`, `\\n`, `What`); one tokenizer call over the
-    whole prompt gives no such piece. The prompt is decoded back to text (exact for these tokenizers, except that a
-    space right after BOS is not kept) and encoded chunk by chunk; BOS stays only at the start, where vLLM put it.
-
-    Args:
-        token_ids: the prompt as vLLM tokenized it, one `image_token_id` per image.
-
-    Returns:
-        The original's ids, still one `image_token_id` per image (vLLM expands them afterwards).
+    The converted tokenizer carries the original's word-boundary rules (`match_slow_word_boundaries`: the text after
+    an image starts with SentencePiece's `▁`, as the original's chunk-wise tokenization gives), so vLLM's one-piece
+    tokenization already gives the processor's ids. The original always starts a prompt with BOS, which the chat
+    templates leave to the tokenizer and vLLM's chat path does not add.
     """
-    bos_id = tokenizer.bos_token_id
-    has_bos = bool(token_ids) and bos_id is not None and token_ids[0] == bos_id
-    text = tokenizer.decode(token_ids[1:] if has_bos else token_ids, skip_special_tokens=False)
-    chunks = [slow_compatible_text(chunk, tokenizer) for chunk in text.split(image_token)]
-    encoded = tokenizer(chunks, add_special_tokens=has_bos)["input_ids"]
-    ids = list(encoded[0])
-    for chunk_ids in encoded[1:]:
-        ids.append(image_token_id)
-        ids.extend(chunk_ids[1:] if has_bos else chunk_ids)
-    return ids
+    if bos_token_id is None or token_ids[:1] == [bos_token_id]:
+        return list(token_ids)
+    return [bos_token_id, *token_ids]
 
 
 class DeepStackProcessingInfo(BaseProcessingInfo):
@@ -116,7 +102,10 @@ class DeepStackMultiModalProcessor(BaseMultiModalProcessor[DeepStackProcessingIn
     """Pixel views per image (flat, unpadded), one placeholder run per `<image>`, the original's prompt ids."""
 
     def _postprocess_hf_mm_data(
-        self, mm_inputs: Mapping[str, object], hf_processor_mm_kwargs: Mapping[str, object], processed_data: BatchFeature
+        self,
+        mm_inputs: Mapping[str, object],
+        hf_processor_mm_kwargs: Mapping[str, object],
+        processed_data: BatchFeature,
     ) -> BatchFeature:
         """`pixel_values` `(num_images, max_views, 3, S, S)` -> `(total_views, 3, S, S)` plus `num_views` per image."""
         if "pixel_values" not in processed_data:
@@ -158,8 +147,7 @@ class DeepStackMultiModalProcessor(BaseMultiModalProcessor[DeepStackProcessingIn
         return [PromptReplacement(modality="image", target=[image_token_id], replacement=placeholder_run)]
 
     def _postprocess_prompt(self, prompt: list[int]) -> list[int]:
-        processor = self.info.get_hf_processor()
-        return original_prompt_ids(prompt, processor.tokenizer, processor.image_token, processor.image_token_id)
+        return original_prompt_ids(prompt, self.info.get_tokenizer().bos_token_id)
 
 
 __all__ = [
