@@ -21,7 +21,7 @@ from transformers.cache_utils import Cache
 from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, logging, torch_compilable_check
+from transformers.utils import TransformersKwargs, is_torchdynamo_compiling, logging, torch_compilable_check
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 
 from ._compat import select_hidden_states, slice_logits_to_keep
@@ -255,8 +255,10 @@ class DeepStackModel(DeepStackPreTrainedModel):
 
         Image tokens without images are a warning, not an error: generate()'s assisted decoding runs its assistant
         on the prompt without the images, and Transformers' common tests feed text-only ids in which the image
-        token id doubles as padding.
+        token id doubles as padding. Skipped while `torch.compile` traces (a static cache's length is a tensor).
         """
+        if is_torchdynamo_compiling():
+            return
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
         if input_ids is not None and not has_images and past == 0:
             image_tokens = int((input_ids == self.config.image_token_id).sum())
