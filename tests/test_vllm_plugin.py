@@ -126,8 +126,10 @@ def _transformers_generate(repo: str, requests: list, with_stacks: bool = True):
     """[(prompt ids, greedy new ids)] of DeepStackForConditionalGeneration, one request at a time."""
     processor = AutoProcessor.from_pretrained(repo)
     model = DeepStackForConditionalGeneration.from_pretrained(repo, dtype=torch.float32).eval()
-    if not with_stacks:
-        model.config.deepstack_layers = []  # zip(deepstack_layers, stacks) then injects nothing
+    if not with_stacks:  # the decoder then receives no stacks
+        model.model.language_model.register_forward_pre_hook(
+            lambda module, args, kwargs: (args, {**kwargs, "deepstack_embeds": None}), with_kwargs=True
+        )
     results = []
     for prompt, images in requests:
         inputs = processor(text=prompt, images=images or None, return_tensors="pt")
