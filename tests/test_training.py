@@ -25,7 +25,8 @@ def make_processor(tmp_path):
 
 
 def collate(processor, examples):
-    """Chat-formatted prompt + answer per example; loss on every real token (the model drops image positions)."""
+    """Chat-formatted prompt + answer per example; loss on every real text token. Image positions get -100 here
+    too (the model ignores them anyway): the Trainer normalises the loss by the labels it counts."""
     texts, images = [], []
     for size, color, question, answer in examples:
         messages = [
@@ -35,7 +36,8 @@ def collate(processor, examples):
         texts.append(processor.apply_chat_template(messages))
         images.append(Image.new("RGB", size, color))
     batch = processor(images=images, text=texts, padding=True, return_tensors="pt")
-    batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    ignored = (batch["attention_mask"] == 0) | (batch["input_ids"] == processor.image_token_id)
+    batch["labels"] = batch["input_ids"].masked_fill(ignored, -100)
     return batch
 
 
