@@ -12,9 +12,9 @@ import math
 import re
 
 from ..grid_layout import MAX_NUM_CROPS
+from ..configuration_deepstack import MAX_PROJECTOR_DEPTH
 from .errors import ConversionError, short_repr
 
-MAX_PROJECTOR_DEPTH = 16
 _TOKEN_ID = (0, 2**24)
 
 # field -> (kind, low, high); kind "int", "float" (ints accepted), "bool", "str" (high = max length), "ids"
@@ -148,7 +148,6 @@ def check_select_layer(select_layer: int, tower_layers: int) -> None:
 
 
 __all__ = [
-    "MAX_PROJECTOR_DEPTH",
     "ORIGINAL_FIELDS",
     "TOWER_FIELDS",
     "check_fields",

@@ -1,5 +1,7 @@
 """The single error type the converter raises for anything it refuses or cannot read."""
 
+import json
+
 from ..grid_layout import short_repr  # messages quote at most a glimpse of a value or file
 
 
@@ -11,4 +13,17 @@ class ConversionError(ValueError):
     """
 
 
-__all__ = ["ConversionError", "short_repr"]
+def parse_json(raw: bytes, what: str, **json_options):
+    """`json.loads` of untrusted bytes; any failure is a one-line `ConversionError` about `what` that never quotes
+    the text (json's own messages give a position only)."""
+    try:
+        return json.loads(raw.decode("utf-8"), **json_options)
+    except UnicodeDecodeError:
+        raise ConversionError(f"{what} does not parse: it is not UTF-8 text.") from None
+    except RecursionError:
+        raise ConversionError(f"{what} does not parse: JSON nested too deeply.") from None
+    except ValueError as error:
+        raise ConversionError(f"{what} does not parse: {error}.") from None
+
+
+__all__ = ["ConversionError", "parse_json", "short_repr"]

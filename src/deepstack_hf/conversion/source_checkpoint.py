@@ -13,7 +13,6 @@ messages name the file, never its contents.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ try:  # huggingface_hub's HTTP client: httpx2 from huggingface_hub 2, httpx befo
 except ImportError:  # pragma: no cover
     import httpx as httpx2
 
-from .errors import ConversionError
+from .errors import ConversionError, parse_json
 from .streaming_safetensors import TensorRecord, read_header
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -72,14 +71,7 @@ class SourceFolder:
             raise ConversionError(f"{what} {self.directory} has no {name}.")
         if path.stat().st_size > MAX_JSON_BYTES:
             raise ConversionError(f"{path} is {path.stat().st_size} bytes; JSON files are read up to {MAX_JSON_BYTES}.")
-        try:
-            value = json.loads(path.read_bytes().decode("utf-8"))
-        except UnicodeDecodeError:
-            raise ConversionError(f"{path} does not parse: it is not UTF-8 text.") from None
-        except RecursionError:
-            raise ConversionError(f"{path} does not parse: JSON nested too deeply.") from None
-        except ValueError as error:  # json's messages give a position, never the text
-            raise ConversionError(f"{path} does not parse: {error}.") from None
+        value = parse_json(path.read_bytes(), str(path))
         if not isinstance(value, expect):
             raise ConversionError(f"{path} must hold a JSON {'object' if expect is dict else expect.__name__}, "
                                   f"not a {type(value).__name__}.")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ConversionError, short_repr
+from .errors import ConversionError, parse_json, short_repr
 
 CHUNK_BYTES = 64 * 1024 * 1024
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -115,16 +115,9 @@ def read_header(path: str | os.PathLike) -> dict[str, TensorRecord]:
                 f"length in [2, {min(MAX_HEADER_BYTES, max(file_size - 8, 0))}]."
             )
         raw = handle.read(header_len)
-    try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
-        if not isinstance(header, dict):
-            raise ValueError("the header is not a JSON object")
-    except UnicodeDecodeError:
-        raise ConversionError(f"Safetensors header of {path} does not parse: it is not UTF-8 text.") from None
-    except RecursionError:
-        raise ConversionError(f"Safetensors header of {path} does not parse: JSON nested too deeply.") from None
-    except ValueError as error:  # json's messages give a position, never the text
-        raise ConversionError(f"Safetensors header of {path} does not parse: {error}.") from None
+    header = parse_json(raw, f"Safetensors header of {path}", object_pairs_hook=_unique_keys)
+    if not isinstance(header, dict):
+        raise ConversionError(f"Safetensors header of {path} does not parse: the header is not a JSON object.")
 
     metadata = header.pop("__metadata__", {})
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
