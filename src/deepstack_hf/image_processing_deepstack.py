@@ -36,7 +36,6 @@ from io import BytesIO
 
 import numpy as np
 import torch
-from huggingface_hub.utils import httpx  # the HTTP client Transformers' load_image uses
 from PIL import ExifTags, Image, ImageOps
 
 from transformers.image_processing_backends import PilBackend
@@ -55,10 +54,8 @@ from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import TensorType
 
 from .grid_layout import hd_upsample_factor, image_grid, num_image_tokens, num_views
+from .media_fetch import fetch_url, is_url
 
-
-# Seconds an image URL may take to answer before the download fails with a clear error.
-URL_TIMEOUT_S = 60.0
 
 # PIL modes whose pixels ``convert("RGB")`` clips to [0, 255] (16- and 32-bit integers, 32-bit floats).
 _WIDE_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
@@ -157,13 +154,8 @@ def _open_image(source: str) -> Image.Image:
     Adapted from ``transformers.image_utils.load_image``, minus its ``exif_transpose`` and ``convert("RGB")``:
     both happen later, in :meth:`DeepStackImageProcessingMixin.to_rgb_pil`, for every input alike.
     """
-    if source.startswith(("http://", "https://")):
-        try:
-            response = httpx.get(source, timeout=URL_TIMEOUT_S, follow_redirects=True)
-            response.raise_for_status()
-        except httpx.HTTPError as error:
-            raise ValueError(f"Could not download the image {source!r}: {error}") from error
-        return Image.open(BytesIO(response.content))
+    if is_url(source):
+        return Image.open(BytesIO(fetch_url(source)))  # bounded: deadline and byte limit (`media_fetch`)
     if os.path.isfile(source):
         return Image.open(source)
     data = source.split(",", 1)[1] if source.startswith("data:image/") else source
