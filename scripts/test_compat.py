@@ -146,7 +146,7 @@ class Result:
     failed: int = 0
     errors: int = 0
     skipped: int = 0
-    failures: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # "tests/test_x.py::test_y: the failure's first line"
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     date: str = ""
@@ -423,20 +423,20 @@ def run_pytest(venv: Venv, target: Target, report: Path, log: Path, timeout: flo
 
 
 def junit_counts(report: Path, target: Target) -> dict:
+    """Counts from pytest's JUnit report; each failure as "tests/test_x.py::test_y: its message's start"."""
     counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0, "failures": [], "skipped_extra_tests": []}
     if not report.is_file():
         return counts
     for case in ElementTree.parse(report).getroot().iter("testcase"):
-        test_id = f"{case.get('classname', '')}::{case.get('name', '')}"
-        if case.find("failure") is not None:
-            counts["failed"] += 1
-            counts["failures"].append(test_id)
-        elif case.find("error") is not None:
-            counts["errors"] += 1
-            counts["failures"].append(test_id)
-        elif case.find("skipped") is not None:
+        module = case.get("classname", "").replace(".", "/")
+        test_id = f"{module}.py::{case.get('name', '')}" if module else case.get("name", "")
+        failure, error, skipped = (case.find(kind) for kind in ("failure", "error", "skipped"))
+        problem = failure if failure is not None else error
+        if problem is not None:
+            counts["failed" if failure is not None else "errors"] += 1
+            counts["failures"].append(f"{test_id}: {' '.join((problem.get('message') or '').split())[:160]}")
+        elif skipped is not None:
             counts["skipped"] += 1
-            skipped = case.find("skipped")
             if target.extra and skipped.get("type") != "pytest.xfail":
                 counts["skipped_extra_tests"].append(f"{test_id}: {skipped.get('message', '')[:200]}")
         else:
@@ -561,8 +561,8 @@ def write_doc(targets: list[Target], results: dict[str, Result], declared: str, 
     lines = [
         "# Compatibility",
         "",
-        f"Written by `make test-compat` (`scripts/test_compat.py`) on {datetime.date.today().isoformat()}; do not edit",
-        "by hand. The package declares `" + declared + "` (pyproject.toml). Each Transformers minor release from the",
+        f"Written by `make test-compat` (`scripts/test_compat.py`) on {datetime.date.today().isoformat()}; do not edit by",
+        "hand. The package declares `" + declared + "` (pyproject.toml). Each Transformers minor release from the",
         "lower bound to the newest on the package index gets a fresh venv (`torch==" + args.torch_version + "` pinned",
         "first, then `.[test]` with `transformers==5.N.*`, the newest patch) and the whole suite; each extra gets its",
         "own venv (`.[EXTRA]`, an import check of what it provides, then its tests beside `.[test]`; a skip of its own",
@@ -582,7 +582,8 @@ def write_doc(targets: list[Target], results: dict[str, Result], declared: str, 
         if result and (result.failures or result.notes):
             details.append(f"- {target.name}:")
             details += [f"  - note: {note}" for note in result.notes if note != "venv reused"]
-            details += [f"  - failed: `{test_id}`" for test_id in result.failures[:40]]
+            details += [f"  - failed: `{failure.split(': ', 1)[0]}`: {failure.split(': ', 1)[-1]}"
+                        for failure in result.failures[:40]]
             if len(result.failures) > 40:
                 details.append(f"  - ... and {len(result.failures) - 40} more")
     if details:
@@ -597,7 +598,7 @@ def write_doc(targets: list[Target], results: dict[str, Result], declared: str, 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--releases", default=os.environ.get("COMPAT_RELEASES", ""),
-                        help="minor releases to run, e.g. 5.17,5.25 (default: all; env COMPAT_RELEASES)")
+                        help="minor releases to run: 5.17,5.25 or none (default: all; env COMPAT_RELEASES)")
     parser.add_argument("--extras", default=os.environ.get("COMPAT_EXTRAS", "all"),
                         help="extras to run: all, none, or names (env COMPAT_EXTRAS)")
     parser.add_argument("--tests", default="", help="test paths for the releases' runs (default: the whole suite)")
@@ -620,6 +621,8 @@ def main(argv=None) -> int:
     lower, upper, declared = declared_range(pyproject)
     matrix = minor_releases(index_versions(sys.executable, "transformers"), lower, upper)
     wanted = {release.strip() for release in args.releases.replace(" ", ",").split(",") if release.strip()}
+    run_releases = wanted != {"none"}
+    wanted.discard("none")
     unknown = wanted - {release for release, _ in matrix}
     if unknown:
         raise SystemExit(f"--releases: {sorted(unknown)} not in the matrix {[r for r, _ in matrix]}")
@@ -632,7 +635,7 @@ def main(argv=None) -> int:
         extra.strip() for extra in args.extras.replace(" ", ",").split(",") if extra.strip()}
     if chosen_extras - set(extras):
         raise SystemExit(f"--extras: {sorted(chosen_extras - set(extras))} not in pyproject's extras {sorted(extras)}")
-    targets = [t for t in all_targets if (t.release and (not wanted or t.release in wanted)) or
+    targets = [t for t in all_targets if (t.release and run_releases and (not wanted or t.release in wanted)) or
                (t.extra and t.extra in chosen_extras)]
     for target in targets:
         if target.extra and not target.tests:
