@@ -37,6 +37,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import xml.etree.ElementTree as ElementTree
@@ -434,7 +435,7 @@ def junit_counts(report: Path, target: Target) -> dict:
         problem = failure if failure is not None else error
         if problem is not None:
             counts["failed" if failure is not None else "errors"] += 1
-            counts["failures"].append(f"{test_id}: {' '.join((problem.get('message') or '').split())[:160]}")
+            counts["failures"].append(f"{test_id}: {failure_line(problem)}")
         elif skipped is not None:
             counts["skipped"] += 1
             if target.extra and skipped.get("type") != "pytest.xfail":
@@ -442,6 +443,16 @@ def junit_counts(report: Path, target: Target) -> dict:
         else:
             counts["passed"] += 1
     return counts
+
+
+def failure_line(problem: ElementTree.Element) -> str:
+    """The last exception line pytest reported (`E   TypeError: ...`), else the start of its message."""
+    lines = [line[1:].strip() for line in (problem.text or "").splitlines() if line.startswith("E ")]
+    raised = [i for i, line in enumerate(lines) if re.match(r"[A-Za-z_.]*(Error|Exception|Exit|Interrupt)\b", line)]
+    if not raised:
+        return " ".join((problem.get("message") or "").split())[:200]
+    text = " ".join(line for line in lines[raised[-1] : raised[-1] + 3] if line)  # its message may start below it
+    return text[:200]
 
 
 def pytest_status(returncode: int | None) -> str:
@@ -555,6 +566,13 @@ def print_table(rows: list[list[str]]) -> None:
             print("  ".join("-" * width for width in widths))
 
 
+def portable(text: str) -> str:
+    """`text` without this machine's paths: the checkout as `.`, the temporary folder as `<tmp>`, home as `~`."""
+    text = text.replace(str(ROOT) + os.sep, "").replace(str(ROOT), ".")
+    text = re.sub(re.escape(tempfile.gettempdir()) + r"/[^\s'\"]*", "<tmp>", text)
+    return text.replace(str(Path.home()), "~")
+
+
 def write_doc(targets: list[Target], results: dict[str, Result], declared: str, args) -> None:
     header = "| target | installed | result | tests | time | date (commit) | detail |\n| --- | --- | --- | --- | --- | --- | --- |"
     rows = table_rows(targets, results)
@@ -588,7 +606,7 @@ def write_doc(targets: list[Target], results: dict[str, Result], declared: str, 
                 details.append(f"  - ... and {len(result.failures) - 40} more")
     if details:
         lines += ["", "## Details", ""] + details
-    DOC.write_text("\n".join(lines) + "\n")
+    DOC.write_text(portable("\n".join(lines)) + "\n")
     print(f"\nwrote {DOC.relative_to(ROOT)}")
 
 
