@@ -468,6 +468,8 @@ def run_target(target: Target, args, pyproject: dict, sources: str) -> Result:
     venv_path = args.cache / "venvs" / target.name
     logs = args.cache / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    (args.cache / "results").mkdir(parents=True, exist_ok=True)
+    run_kind = ".selected-tests" if args.tests else ".tests"
     venv = Venv(venv_path, logs / f"{target.name}.install.log", args.torch_version, args.torch_index)
     record = {
         "pyproject": hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest(),
@@ -500,7 +502,8 @@ def run_target(target: Target, args, pyproject: dict, sources: str) -> Result:
         result.transformers = venv.transformers_version()
         print(f"=== {target.name}: transformers {result.transformers}, running tests", flush=True)
         returncode, counts = run_pytest(
-            venv, target, args.cache / "results" / f"{target.name}.xml", logs / f"{target.name}.tests.log", args.timeout
+            venv, target, args.cache / "results" / f"{target.name}{run_kind}.xml", logs / f"{target.name}{run_kind}.log",
+            args.timeout,
         )
         for key in ("passed", "failed", "errors", "skipped", "failures"):
             setattr(result, key, counts[key])
@@ -510,8 +513,8 @@ def run_target(target: Target, args, pyproject: dict, sources: str) -> Result:
             result.status = "failed"
             result.detail = "skipped in the extra's own venv: " + "; ".join(counts["skipped_extra_tests"][:3])
     result.seconds = round(time.monotonic() - started, 1)
-    (args.cache / "results").mkdir(parents=True, exist_ok=True)
-    (args.cache / "results" / f"{target.name}.json").write_text(json.dumps(asdict(result), indent=1))
+    if not args.tests:  # only whole-suite results are recorded for the doc and --resume
+        (args.cache / "results" / f"{target.name}.json").write_text(json.dumps(asdict(result), indent=1))
     print(f"=== {target.name}: {result.status} {counts_text(result)} {result.detail}".rstrip(), flush=True)
     return result
 
@@ -619,7 +622,8 @@ def parse_args(argv=None):
                         help="minor releases to run: 5.17,5.25 or none (default: all; env COMPAT_RELEASES)")
     parser.add_argument("--extras", default=os.environ.get("COMPAT_EXTRAS", "all"),
                         help="extras to run: all, none, or names (env COMPAT_EXTRAS)")
-    parser.add_argument("--tests", default="", help="test paths for the releases' runs (default: the whole suite)")
+    parser.add_argument("--tests", default="", help="test paths for the releases' runs (default: the whole suite); "
+                        "such a run is neither recorded nor written to the doc (CI's 5.17 part)")
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("COMPAT_CACHE", DEFAULT_CACHE)),
                         help="folder of the venvs, logs and results (default: .venv-compat, git-ignored)")
     parser.add_argument("--torch-version", default=os.environ.get("TORCH_VERSION") or TORCH_VERSION)
@@ -635,6 +639,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     args.cache = args.cache.resolve()
+    args.no_doc = args.no_doc or bool(args.tests)
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     lower, upper, declared = declared_range(pyproject)
     matrix = minor_releases(index_versions(sys.executable, "transformers"), lower, upper)
@@ -671,7 +676,8 @@ def main(argv=None) -> int:
             results[target.name] = stored
     for target in targets:
         stored = results.get(target.name)
-        if args.resume and stored and stored.sources == sources and stored.status in ("passed", "failed", "skipped"):
+        recorded = stored and stored.sources == sources and stored.status in ("passed", "failed", "skipped")
+        if args.resume and not args.tests and recorded:
             print(f"=== {target.name}: recorded on {stored.date} for these sources ({stored.status}), skipped (--resume)")
             continue
         results[target.name] = run_target(target, args, pyproject, sources)
