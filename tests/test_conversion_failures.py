@@ -463,3 +463,14 @@ def test_an_output_below_a_symlinked_folder_is_written_in_the_real_folder(source
     assert result.output_dir == tmp_path.resolve() / "real" / "out"
     assert (tmp_path / "link").is_symlink() and (tmp_path / "real" / "out" / "config.json").is_file()
     assert sorted(p.name for p in (tmp_path / "real").iterdir()) == ["out"]  # no lock, staging or backup left
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dtype", "float8"], "argument --dtype: invalid choice: 'float8'"),
+    ([], "the following arguments are required: source, output_dir"),
+])
+def test_cli_usage_errors_are_one_line(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv if not argv or argv[0] != "--dtype" else ["src", "out", *argv])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ") and message in err

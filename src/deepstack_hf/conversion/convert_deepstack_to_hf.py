@@ -544,8 +544,15 @@ def _compare_with_reference(model, processor, image, question, prompt, ref_ids, 
 
 
 # ------------------------------------------------------------------------------------------------ CLI
+class OneLineErrorParser(argparse.ArgumentParser):
+    """`argparse` whose usage errors are one `error:` line on stderr (exit status 2), like every other refusal."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="deepstack-convert",
         description="Convert an original DeepStack checkpoint (Hub id or directory) to a Transformers repository.",
     )
