@@ -88,11 +88,12 @@ class DeepStackProcessor(ProcessorMixin):
         return super().__call__(images=images, text=text, **kwargs)
 
     def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
-        """Text as a list; images fetched, checked prompt by prompt when given one list per prompt, and flattened."""
-        given = images
-        images, text, _, _ = super().prepare_inputs_layout(images=None if _is_empty(images) else images, text=text, **kwargs)
-        if text is not None and given is not None:
-            self._check_images_per_prompt(text, given if images is None else images)
+        """Text as a list; images fetched, checked prompt by prompt when given one list per prompt, and flattened
+        (`None` when they hold no image at all, e.g. `[[], []]`: a text-only batch)."""
+        empty, given = _is_empty(images), images
+        images, text, _, _ = super().prepare_inputs_layout(images=None if empty else images, text=text, **kwargs)
+        if text is not None and given is not None:  # empty lists per prompt still meet that prompt's markers
+            self._check_images_per_prompt(text, given if empty else images)
         if images is not None:
             images = _flatten_images(images)
         return images, text, None, None
