@@ -98,7 +98,7 @@ def tiny_parts(root: Path, seed: int = 0) -> tuple[Path, Path]:
     )
     CLIPVisionModel(clip).save_pretrained(root / "clip")
     llama = LlamaConfig(
-        vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+        vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=6, num_attention_heads=4,
         num_key_value_heads=2, bos_token_id=1, eos_token_id=2, max_position_embeddings=4096,
     )
     LlamaForCausalLM(llama).save_pretrained(root / "llm")
