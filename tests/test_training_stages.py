@@ -19,10 +19,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import tiny_deepstack_config
 from deepstack_hf import DeepStackForConditionalGeneration, DeepStackProcessor
 from deepstack_hf.chat_templates import PLAIN_TEMPLATE
 from deepstack_hf.training import BadSampleError, DeepStackDataCollator, load_llava_dataset
 from deepstack_hf.training.cli import parse_arguments, train
+from deepstack_hf.training.recipes import model_max_length
 from training_setup import color_samples, tiny_parts, write_llava_json
 
 FAST = ["--use_cpu", "true", "--report_to", "none", "--dataloader_num_workers", "0", "--save_strategy", "no",
@@ -81,7 +83,7 @@ def pretrained(setup):
 def test_stage_recipes_and_explicit_flags(tmp_path):
     base = ["--model_name_or_path", "m", "--data_path", "d.json", "--output_dir", str(tmp_path)]
     script, args = parse_arguments(["--stage", "pretrain", *base])
-    assert (script.stage, script.model_max_length, script.data_format) == ("pretrain", 2048, None)
+    assert (script.stage, script.model_max_length, script.data_format) == ("pretrain", None, None)  # 2048 / 4096 HD
     assert (args.learning_rate, args.per_device_train_batch_size, args.save_steps) == (1e-3, 32, 24000)
     assert (args.num_train_epochs, args.lr_scheduler_type.value, args.warmup_steps, args.weight_decay) == (1, "cosine", 0.03, 0.0)
     assert (args.optim.value, args.gradient_checkpointing, args.remove_unused_columns) == ("adamw_torch", True, False)
@@ -93,6 +95,7 @@ def test_stage_recipes_and_explicit_flags(tmp_path):
     assert (args.learning_rate, args.per_device_train_batch_size, args.gradient_checkpointing) == (5e-4, 3, False)
     assert args.remove_unused_columns is False  # the collator needs the raw rows
     assert (script.model_max_length, script.data_format) == (512, "chat")
+    assert [model_max_length(tiny_deepstack_config(hd_layout=hd)) for hd in (False, True)] == [2048, 4096]
 
 
 @pytest.mark.parametrize("name, stage", [("zero2.json", 2), ("zero3.json", 3)])

@@ -21,7 +21,7 @@ from typing import Literal
 
 import torch
 
-from .recipes import DATA_FORMATS, MODEL_MAX_LENGTH, STAGES, apply_stage, recipe_arguments
+from .recipes import DATA_FORMATS, STAGES, apply_stage, model_max_length, recipe_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +41,10 @@ class DeepStackTrainingArguments:
     stage: Literal["pretrain", "finetune"] = field(
         default="finetune", metadata={"help": "pretrain: the projector on captions; finetune: projector and decoder."}
     )
-    model_max_length: int = field(
-        default=MODEL_MAX_LENGTH, metadata={"help": "Longest sample in tokens, image tokens included."}
+    model_max_length: int | None = field(
+        default=None,
+        metadata={"help": "Longest sample in tokens, image tokens included (default: 2048, LLaVA-1.5's; 4096, "
+                  "LLaVA-NeXT's, for DeepStack-L-HD, whose images take up to 2928 tokens)."},
     )
     data_format: Literal["plain", "chat"] | None = field(
         default=None,
@@ -103,7 +105,7 @@ def train(script: DeepStackTrainingArguments, training):
     dataset = load_llava_dataset(script.data_path, script.image_folder, skip_bad_samples=script.skip_bad_samples)
     collator = DeepStackDataCollator(
         processor,
-        max_length=script.model_max_length,
+        max_length=script.model_max_length or model_max_length(model.config),
         chat_template=PLAIN_TEMPLATE if data_format == "plain" else None,
         padding_side="right",
         skip_bad_samples=script.skip_bad_samples,

@@ -5,7 +5,8 @@
 | `pretrain` | the projector (DeepStack-V: and its newly added extra vision layers) | `plain` | 1e-3 | 32 (256) |
 | `finetune` | the projector, the decoder (embeddings and `lm_head` included), DeepStack-L-HD's `image_newline`; DeepStack-V: and the vision layers from the split on | chat template | 2e-5 | 16 (128) |
 
-Both: one epoch, cosine schedule with 3 % warmup, no weight decay, AdamW (`adamw_torch`), 2048 tokens, activation
+Both: one epoch, cosine schedule with 3 % warmup, no weight decay, AdamW (`adamw_torch`), 2048 tokens (4096 for
+DeepStack-L-HD, LLaVA-NeXT's value: one HD image takes up to 2928), activation
 checkpointing, checkpoints every 24000 / 50000 steps keeping one. The original repository publishes no training
 script (its README says "coming soon"); its `train.py` fixes only `optim="adamw_torch"` and
 `remove_unused_columns=False`. Every other value is LLaVA-1.5's published one (`scripts/v1_5/pretrain.sh`,
@@ -35,7 +36,7 @@ STAGE_ARGUMENTS = {
     "pretrain": {"learning_rate": "1e-3", "per_device_train_batch_size": "32", "save_steps": "24000"},
     "finetune": {"learning_rate": "2e-5", "per_device_train_batch_size": "16", "save_steps": "50000"},
 }
-MODEL_MAX_LENGTH = 2048
+MODEL_MAX_LENGTH = {"plain": 2048, "hd": 4096}  # LLaVA-1.5's; LLaVA-NeXT's for the HD layout
 DATA_FORMATS = {"pretrain": "plain", "finetune": "chat"}
 
 
@@ -95,6 +96,12 @@ def stage_modules(model, stage: str) -> dict[str, nn.Module | nn.Parameter]:
     return modules
 
 
+def model_max_length(config) -> int:
+    """The recipe's longest sample for a model: 2048 tokens, 4096 with the HD layout (an HD image alone takes up to
+    576 + 48 * 49 = 2928 tokens with 4 crops)."""
+    return MODEL_MAX_LENGTH["hd" if config.hd_layout else "plain"]
+
+
 def apply_stage(model, stage: str) -> list[str]:
     """Freezes everything but the stage's modules (`stage_modules`); returns their names."""
     model.requires_grad_(False)
@@ -104,4 +111,4 @@ def apply_stage(model, stage: str) -> list[str]:
     return list(modules)
 
 
-__all__ = ["DATA_FORMATS", "MODEL_MAX_LENGTH", "STAGES", "apply_stage", "recipe_arguments", "stage_modules"]
+__all__ = ["DATA_FORMATS", "STAGES", "apply_stage", "model_max_length", "recipe_arguments", "stage_modules"]
