@@ -16,7 +16,9 @@ import torch
 
 from deepstack_hf.chat_templates import PLAIN_TEMPLATE
 from deepstack_hf.training import BadSampleError, DeepStackDataCollator, load_llava_dataset
-from training_setup import supervised_runs, tiny_processor, write_llava_json
+from training_setup import needs_collator, supervised_runs, tiny_processor, write_llava_json
+
+pytestmark = needs_collator
 
 CONVERSATIONS = {
     "single": ("red.png", ["<image>\nWhat is in the image?", "A red house."]),

@@ -13,7 +13,9 @@ import torch
 from conftest import tiny_deepstack_config
 from deepstack_hf import DeepStackForConditionalGeneration
 from deepstack_hf.training import DeepStackDataCollator, load_llava_dataset
-from training_setup import tiny_processor, write_llava_json
+from training_setup import needs_collator, tiny_processor, write_llava_json
+
+pytestmark = needs_collator
 
 SAMPLES = [
     {"id": "one", "image": "red.png", "conversations": [{"from": "human", "value": "<image>\nWhat color?"}, {"from": "gpt", "value": "red"}]},

@@ -25,7 +25,9 @@ from deepstack_hf.chat_templates import PLAIN_TEMPLATE
 from deepstack_hf.training import BadSampleError, DeepStackDataCollator, load_llava_dataset
 from deepstack_hf.training.cli import parse_arguments, train
 from deepstack_hf.training.recipes import model_max_length
-from training_setup import color_samples, tiny_parts, write_llava_json
+from training_setup import color_samples, needs_collator, tiny_parts, write_llava_json
+
+pytestmark = needs_collator
 
 FAST = ["--use_cpu", "true", "--report_to", "none", "--dataloader_num_workers", "0", "--save_strategy", "no",
         "--disable_tqdm", "true", "--seed", "0", "--per_device_train_batch_size", "4"]

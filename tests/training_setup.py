@@ -7,7 +7,10 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import torch
+import transformers
+from packaging import version
 from PIL import Image
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
@@ -17,7 +20,13 @@ from deepstack_hf.chat_templates import PHI3_INSTRUCT_TEMPLATE, VICUNA_V1_TEMPLA
 from deepstack_hf.conversion.synthetic_checkpoint import build_synthetic_checkpoint
 from deepstack_hf.conversion.tiny_sentencepiece import train_tiny_sentencepiece
 from deepstack_hf.conversion.tokenizer_conversion import convert_tokenizer
+from deepstack_hf.training.collator import MIN_TRANSFORMERS
 from deepstack_hf.training.model_builder import build_deepstack_model
+
+needs_collator = pytest.mark.skipif(
+    version.parse(transformers.__version__) < version.parse(MIN_TRANSFORMERS),
+    reason=f"DeepStackDataCollator needs transformers >= {MIN_TRANSFORMERS}",
+)
 
 COLORS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30), "yellow": (220, 220, 30)}
 SIZES = {"red": (60, 40), "blue": (40, 90), "green": (80, 80), "yellow": (120, 30)}

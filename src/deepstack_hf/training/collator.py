@@ -18,11 +18,16 @@ import io
 import logging
 
 import torch
+import transformers
+from packaging import version
 from PIL import Image
 
 from .llava_data import BadSampleError
 
 IGNORE_INDEX = -100
+# From this release on, the processor's assistant masks follow the expansion of `<image>` into its image tokens;
+# before it, they are computed on the unexpanded text and land on the wrong tokens.
+MIN_TRANSFORMERS = "5.18"
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +100,11 @@ class DeepStackDataCollator:
         padding_side: str | None = None,
         skip_bad_samples: bool = False,
     ):
+        if version.parse(transformers.__version__) < version.parse(MIN_TRANSFORMERS):
+            raise ImportError(
+                f"DeepStackDataCollator needs transformers >= {MIN_TRANSFORMERS} (assistant masks that follow the "
+                f"image-token expansion), found {transformers.__version__}: pip install -U 'deepstack-hf[train]'."
+            )
         template = chat_template or processor.chat_template
         if not template or "generation" not in template:
             raise ValueError(
@@ -193,4 +203,4 @@ class DeepStackDataCollator:
         return batch
 
 
-__all__ = ["IGNORE_INDEX", "DeepStackDataCollator", "decode_image"]
+__all__ = ["IGNORE_INDEX", "MIN_TRANSFORMERS", "DeepStackDataCollator", "decode_image"]
