@@ -83,7 +83,6 @@ def parse_arguments(argv: list[str]):
 
 def train(script: DeepStackTrainingArguments, training):
     """Runs one stage; returns the `Trainer` after training and saving."""
-    import deepstack_hf  # noqa: F401  (registers the Auto classes)
     from transformers import AutoProcessor, Trainer
 
     from ..chat_templates import PLAIN_TEMPLATE
