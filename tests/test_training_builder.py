@@ -22,6 +22,8 @@ from transformers import (
     CLIPVisionModel,
     GPT2Config,
     GPT2LMHeadModel,
+    MistralConfig,
+    MistralForCausalLM,
     Phi3Config,
     Phi3ForCausalLM,
     Qwen2Config,
@@ -151,6 +153,17 @@ def test_each_decoder_family_gets_its_template_and_end_token(parts, tmp_path):
                                pad_token_id=300)).save_pretrained(phi3)
     for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(synthetic.checkpoint / name, phi3 / name)
+
+    # Mistral: SentencePiece like Llama, the vicuna_v1 template
+    mistral = tmp_path / "mistral"
+    MistralForCausalLM(MistralConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=6,
+                                     num_attention_heads=4, num_key_value_heads=2, bos_token_id=1,
+                                     eos_token_id=2)).save_pretrained(mistral)
+    shutil.copy(sp, mistral / "tokenizer.model")
+
+    mistral_repo = build_deepstack_model(clip, mistral, tmp_path / "out-mistral")
+    assert DeepStackProcessor.from_pretrained(mistral_repo).chat_template == VICUNA_V1_TEMPLATE
+    assert DeepStackForConditionalGeneration.from_pretrained(mistral_repo).config.text_config.model_type == "mistral"
 
     qwen_repo = build_deepstack_model(clip, qwen, tmp_path / "out-qwen2")
     processor = DeepStackProcessor.from_pretrained(qwen_repo)

@@ -217,8 +217,8 @@ def free_port() -> int:
 
 def test_two_processes_follow_the_single_process_losses(setup, tmp_path):
     _, repos, data = setup
-    flags = ["--max_steps", "3", "--learning_rate", "3e-3", "--train_sampling_strategy", "sequential",
-             "--gradient_checkpointing", "false"]
+    flags = ["--max_steps", "3", "--learning_rate", "3e-3", "--warmup_steps", "0", "--train_sampling_strategy",
+             "sequential", "--gradient_checkpointing", "false"]
     _, single = run_stage(repos["L"], data, tmp_path / "single", "finetune", *flags)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
@@ -232,5 +232,5 @@ def test_two_processes_follow_the_single_process_losses(setup, tmp_path):
     state = json.loads((tmp_path / "double" / "trainer_state.json").read_text())
     double = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
     assert len(double) == len(single) == 3
-    assert double == pytest.approx(single, rel=1e-4)
-    assert single[-1] != pytest.approx(single[0], rel=1e-3)  # the parameters did move
+    assert double == pytest.approx(single, rel=1e-5)  # about 1e-7 when written
+    assert len(set(single)) == 3  # the parameters did move
