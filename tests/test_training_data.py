@@ -11,6 +11,7 @@ token pieces spell. Where the original drops a sample ("tokenization mismatch": 
 
 import logging
 
+import PIL.Image
 import pytest
 import torch
 
@@ -89,6 +90,12 @@ def test_llava_json_becomes_trl_conversational_rows(chat_dataset):
     # a turn without a marker keeps its whitespace, one with a marker is stripped (as the original does)
     assert rows["spaces"]["messages"][0]["content"][1]["text"] == "Look at  this"
     assert rows["spaces"]["messages"][1]["content"][0]["text"] == " two spaces "
+
+
+def test_decoded_images_for_trl(tmp_path):
+    sample = llava_sample("one", "red.png", ["<image>\nWhat?", "red"])
+    image = load_llava_dataset(write_llava_json(tmp_path, [sample]), decode_images=True)[0]["images"][0]
+    assert isinstance(image, PIL.Image.Image) and image.size == (60, 40) and image.getpixel((0, 0)) == (220, 30, 30)
 
 
 @pytest.mark.parametrize("family, expected", [("llama", VICUNA_RUNS), ("phi3", PHI3_RUNS)])

@@ -54,6 +54,11 @@ class DeepStackTrainingArguments:
     skip_bad_samples: bool = field(
         default=False, metadata={"help": "Leave out bad samples (counted in the log) instead of stopping."}
     )
+    check_images: bool = field(
+        default=True,
+        metadata={"help": "Open every image's header before training (false: unreadable files are found when the "
+                  "collator decodes them, still named or skipped)."},
+    )
     model_dtype: Literal["float32", "bfloat16", "float16"] = field(
         default="float32",
         metadata={"help": "dtype the weights are loaded in (bfloat16 halves the memory; the original loads bf16 "
@@ -101,7 +106,9 @@ def train(script: DeepStackTrainingArguments, training):
     logger.info(f"Stage {script.stage}: training {', '.join(trained)} ({count:,} of {total:,} parameters).")
 
     data_format = script.data_format or DATA_FORMATS[script.stage]
-    dataset = load_llava_dataset(script.data_path, script.image_folder, skip_bad_samples=script.skip_bad_samples)
+    dataset = load_llava_dataset(
+        script.data_path, script.image_folder, skip_bad_samples=script.skip_bad_samples, check_images=script.check_images
+    )
     collator = DeepStackDataCollator(
         processor,
         max_length=script.model_max_length or model_max_length(model.config),
