@@ -92,9 +92,9 @@ class DeepStackProcessor(ProcessorMixin):
             value = kwargs.pop(name, None)
             if not _is_empty(value):
                 raise ValueError(f"DeepStack takes images and text only; got `{name}` ({type(value).__name__}).")
-        if text is not None and any(ESCAPED_RUN.search(sample) for sample in _as_list(text)):
-            return self._call_with_escaped_text(images, text, **kwargs)
-        return super().__call__(images=images, text=text, **kwargs)
+        text, typed = self._stand_in_for_typed_tokens(text)
+        outputs = super().__call__(images=images, text=text, **kwargs)
+        return self._spell_out_typed_tokens(outputs, typed)
 
     # ------------------------------------------------------------------ chat: typed control tokens stay text
     @property
@@ -121,36 +121,43 @@ class DeepStackProcessor(ProcessorMixin):
             raise ValueError("`sanitize_control_tokens=True` requires `tokenize=True`.")
         return super().apply_chat_template(conversation, chat_template, **kwargs)
 
-    def _call_with_escaped_text(self, images, text, **kwargs):
-        """`__call__` for text holding escaped runs: each run is tokenized as the plain text it stands for.
+    def _stand_in_for_typed_tokens(self, text):
+        """`text` with each escaped run replaced by as many unknown tokens as its plain text has pieces, and those
+        pieces' ids per sample (`None` when no sample has a run: nothing to do).
 
-        Each run becomes as many unknown tokens as its plain text has pieces (the BPE pieces of its characters, in a
-        piece of its own: the text around it is tokenized as around any special token), the usual call runs
-        (images, padding, truncation, tensors: lengths already final), and those positions get the pieces' ids.
+        The pieces are the BPE pieces of the run's characters, in a piece of their own, so the text around the run
+        is tokenized as around any special token; the usual call then runs (images, padding, truncation, tensors)
+        on final lengths, and [`_spell_out_typed_tokens`] puts the pieces in place of the stand-ins.
         """
-        samples = _as_list(text)
-        plain_ids = [[self._plain_text_ids(unescape(run)) for run in ESCAPED_RUN.findall(s)] for s in samples]
+        samples = _as_list(text) if text is not None else []
+        if not any(ESCAPED_RUN.search(sample) for sample in samples if isinstance(sample, str)):
+            return text, None
         unk = self.tokenizer.unk_token
         if unk is None:
             raise ValueError("Escaped control tokens need a tokenizer with an unknown token to stand in for them.")
-        runs = iter(ids for sample in plain_ids for ids in sample)
+        typed = [[self._plain_text_ids(unescape(run)) for run in ESCAPED_RUN.findall(s)] for s in samples]
+        runs = iter(ids for sample in typed for ids in sample)
         marked = [ESCAPED_RUN.sub(lambda _: unk * len(next(runs)), sample) for sample in samples]
-        marked = marked if isinstance(text, (list, tuple)) else marked[0]
-        outputs = super().__call__(images=images, text=marked, **kwargs)
+        return (marked if isinstance(text, (list, tuple)) else marked[0]), typed
+
+    def _spell_out_typed_tokens(self, outputs, typed):
+        """`outputs` with the stand-ins of [`_stand_in_for_typed_tokens`] replaced by the runs' pieces."""
+        if typed is None:
+            return outputs
         unk_id, masks = self.tokenizer.unk_token_id, outputs.get("attention_mask")
-        for row, pieces in enumerate(plain_ids):
+        for row, runs in enumerate(typed):
             ids = outputs["input_ids"][row]
             mask = masks[row] if masks is not None else [1] * len(ids)
-            positions = [index for index, (token, kept) in enumerate(zip(ids, mask)) if int(token) == unk_id and kept]
-            fill = [piece for run in pieces for piece in run]
+            positions = [i for i, (token, attended) in enumerate(zip(ids, mask)) if int(token) == unk_id and attended]
+            pieces = [piece for run in runs for piece in run]
             kept = len(positions)
-            if kept < len(fill):  # truncation cut some of them: keep those at the kept end of the text
-                fill = fill[:kept] if self.tokenizer.truncation_side == "right" else fill[len(fill) - kept :]
-            if len(positions) != len(fill):
+            if kept < len(pieces):  # truncation cut some of them: keep those at the kept end of the text
+                pieces = pieces[:kept] if self.tokenizer.truncation_side == "right" else pieces[len(pieces) - kept :]
+            if kept != len(pieces):
                 raise ValueError(
                     "The tokenizer gives unknown tokens for this text; escaped control tokens need byte fallback."
                 )
-            for index, piece in zip(positions, fill):
+            for index, piece in zip(positions, pieces):
                 ids[index] = piece
         return outputs
 
