@@ -80,7 +80,6 @@ def build_app(model, processor, settings: ServerSettings, model_names: set[str] 
         reader.close()
 
     app = FastAPI(title="deepstack-serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.settings, app.state.engine, app.state.queue = settings, engine, queue
 
     @app.exception_handler(RequestError)
     async def request_error(_request, error: RequestError):
@@ -177,7 +176,7 @@ async def _read_body(request: Request, settings: ServerSettings) -> bytes:
         raise RequestError(f"The request body did not arrive within {settings.request_read_timeout_s:g} s.") from None
 
 
-def _parse_and_render(body: bytes, processor, settings: ServerSettings, names: set[str], vocab_size: int, control):
+def _parse_and_render(body: bytes, processor, settings: ServerSettings, names: list[str], vocab_size: int, control):
     """The checked request and its prompt (off the event loop: a large body takes a while to decode and render)."""
     try:
         decoded = json.loads(body)
