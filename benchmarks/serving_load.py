@@ -40,11 +40,14 @@ from serving_helpers import (  # noqa: E402
     build_tiny_repo,
     chat,
     data_uri,
+    generate_alone,
     get,
     open_and_abandon,
     picture,
+    pil_message,
     png_bytes,
-    stream_chat,
+    reply_text,
+    timed,
     user_message,
 )
 
@@ -52,41 +55,23 @@ EOS = 2
 QUESTION = "What is in the image?"
 
 
-def timed(function, *args, **kwargs):
-    start = time.monotonic()
-    result = function(*args, **kwargs)
-    return result, time.monotonic() - start
-
-
-def text_of(port, body):
-    if body.get("stream"):
-        status, _, text = stream_chat(port, body)
-        return status, text
-    status, reply = chat(port, body)
-    return status, reply["choices"][0]["message"]["content"] if status == 200 else reply
-
-
 def mixed(media: Path, http: MediaServer):
     """(request body, processor messages, max tokens) for eight kinds of request."""
     image, other = picture(), picture((80, 120), (30, 160, 60))
     uri, other_file = data_uri(png_bytes(image)), f"file://{media / 'other.png'}"
 
-    def pil(*parts):
-        content = [{"type": "text", "text": p} if isinstance(p, str) else {"type": "image", "image": p} for p in parts]
-        return [{"role": "user", "content": content}]
-
     return [
-        ({"messages": user_message("Tell me a story"), "max_tokens": 16}, pil("Tell me a story"), 16),
-        ({"messages": user_message(("image", uri), QUESTION), "max_tokens": 12}, pil(image, QUESTION), 12),
+        ({"messages": user_message("Tell me a story"), "max_tokens": 16}, pil_message("Tell me a story"), 16),
+        ({"messages": user_message(("image", uri), QUESTION), "max_tokens": 12}, pil_message(image, QUESTION), 12),
         ({"messages": user_message(("image", http.url("/picture.png")), ("image", other_file), "Compare."),
-          "max_tokens": 12}, pil(image, other, "Compare."), 12),
+          "max_tokens": 12}, pil_message(image, other, "Compare."), 12),
         ({"messages": user_message(("image", other_file), "Describe."), "max_tokens": 16, "stream": True},
-         pil(other, "Describe."), 16),
-        ({"messages": user_message("Hi"), "max_tokens": 8, "stream": True}, pil("Hi"), 8),
-        ({"messages": user_message(("image", uri), "Again?"), "max_tokens": 4}, pil(image, "Again?"), 4),
-        ({"messages": user_message("Long answer please"), "max_tokens": 32}, pil("Long answer please"), 32),
+         pil_message(other, "Describe."), 16),
+        ({"messages": user_message("Hi"), "max_tokens": 8, "stream": True}, pil_message("Hi"), 8),
+        ({"messages": user_message(("image", uri), "Again?"), "max_tokens": 4}, pil_message(image, "Again?"), 4),
+        ({"messages": user_message("Long answer please"), "max_tokens": 32}, pil_message("Long answer please"), 32),
         ({"messages": user_message(("image", http.url("/other.png")), "Colour?"), "max_tokens": 8, "stream": True},
-         pil(other, "Colour?"), 8),
+         pil_message(other, "Colour?"), 8),
     ]  # fmt: skip
 
 
@@ -98,24 +83,17 @@ def expected_answers(repo: Path, kinds) -> list[str]:
 
     model = AutoModelForImageTextToText.from_pretrained(repo, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(repo)
-    answers = []
-    for _, messages, tokens in kinds:
-        inputs = processor.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
-        )
-        output = model.generate(**inputs, max_new_tokens=tokens, do_sample=False)
-        answers.append(processor.tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
-    return answers
+    return [generate_alone(model, processor, messages, tokens)[0] for _, messages, tokens in kinds]
 
 
 def load_figures(port, kinds, answers, count) -> dict:
     bodies = [kinds[i % len(kinds)][0] for i in range(count)]
     wants = [answers[i % len(kinds)] for i in range(count)]
-    _, sequential_s = timed(lambda: [text_of(port, body) for body in bodies])
+    _, sequential_s = timed(lambda: [reply_text(port, body) for body in bodies])
     latencies = []
 
     def one(body):
-        result, took = timed(text_of, port, body)
+        result, took = timed(reply_text, port, body)
         latencies.append(took)
         return result
 
@@ -135,9 +113,9 @@ def load_figures(port, kinds, answers, count) -> dict:
 def memory_figures(server, kinds, count) -> dict:
     bodies = [{**kinds[i % len(kinds)][0], "max_tokens": 2} for i in range(count)]
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda body: text_of(server.port, body), bodies[:40]))
+        list(pool.map(lambda body: reply_text(server.port, body), bodies[:40]))
         before = server.rss_bytes()
-        list(pool.map(lambda body: text_of(server.port, body), bodies))
+        list(pool.map(lambda body: reply_text(server.port, body), bodies))
     after = server.rss_bytes()
     return {"requests": count, "rss_before_mib": round(before / 2**20, 1), "rss_after_mib": round(after / 2**20, 1),
             "growth_mib": round((after - before) / 2**20, 1)}  # fmt: skip

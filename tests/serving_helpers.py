@@ -2,7 +2,9 @@
 
 * [`build_tiny_repo`]: a tiny converted DeepStack repo (random weights, HD layout) with a chosen context;
 * [`ServerProcess`]: `deepstack-serve` as a child process on a free 127.0.0.1 port, its RSS, SIGTERM;
-* [`chat`], [`stream_chat`], [`get`]: a plain HTTP client (the standard library's `http.client`);
+* [`chat`], [`stream_chat`], [`get`], [`reply_text`]: a plain HTTP client (the standard library's `http.client`);
+* [`pil_message`], [`generate_alone`]: the expected answer, `model.generate` on the processor's chat-template inputs
+  for one request alone;
 * [`MediaServer`]: a loopback HTTP server for a folder, plus hostile routes: `/trickle` (a byte every
   `trickle_interval_s`), `/silent` (accepts, never answers), `/redirect` (302 to `/picture.png`);
 * [`without_remote_code`]: a repo stripped of its module files;
@@ -200,6 +202,22 @@ def stream_chat(port: int, body: dict, timeout: float = 120) -> tuple[int, list[
         connection.close()
 
 
+def reply_text(port: int, body: dict) -> tuple[int, object]:
+    """(status, answer text) of a chat completion, streamed or not as `body` says (the error reply if not 200)."""
+    if body.get("stream"):
+        status, events, text = stream_chat(port, body)
+        return status, text if status == 200 else events[0]
+    status, reply = chat(port, body)
+    return status, answer(reply) if status == 200 else reply
+
+
+def timed(function, *args, **kwargs):
+    """(result, seconds) of a call."""
+    start = time.monotonic()
+    result = function(*args, **kwargs)
+    return result, time.monotonic() - start
+
+
 def open_and_abandon(port: int, body: dict, after_s: float, read_events: int = 0) -> None:
     """Send a chat request, (streamed: read `read_events` lines), wait `after_s`, and close the connection."""
     connection = _connection(port, 60)
@@ -228,6 +246,29 @@ def user_message(*parts) -> list[dict]:
             kind, url = part
             content.append({"type": f"{kind}_url", f"{kind}_url": {"url": url}})
     return [{"role": "user", "content": content}]
+
+
+# ---------------------------------------------------------------------------------------------------- expectations
+def pil_message(*parts) -> list[dict]:
+    """One user message for the processor: strings are text parts, PIL images are image parts."""
+    content = [{"type": "text", "text": p} if isinstance(p, str) else {"type": "image", "image": p} for p in parts]
+    return [{"role": "user", "content": content}]
+
+
+def generate_alone(model, processor, messages, max_new_tokens, seed=None, **generate_kwargs) -> tuple[str, int]:
+    """(answer, prompt tokens) of `model.generate` on the processor's chat-template inputs for `messages` alone
+    (greedy unless `generate_kwargs` say otherwise; `seed` seeds torch first)."""
+    import torch
+
+    inputs = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    if seed is not None:
+        torch.manual_seed(seed)
+    generate_kwargs.setdefault("do_sample", False)
+    output = model.generate(**inputs, max_new_tokens=max_new_tokens, **generate_kwargs)
+    prompt = inputs["input_ids"].shape[1]
+    return processor.tokenizer.decode(output[0, prompt:], skip_special_tokens=True), prompt
 
 
 # ---------------------------------------------------------------------------------------------------- media server

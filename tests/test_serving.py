@@ -26,13 +26,17 @@ from serving_helpers import (  # noqa: E402
     build_tiny_repo,
     chat,
     data_uri,
+    generate_alone,
     get,
     open_and_abandon,
     picture,
+    pil_message,
     png_bytes,
     png_header,
     post,
+    reply_text,
     stream_chat,
+    timed,
     user_message,
 )
 from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline  # noqa: E402
@@ -84,24 +88,8 @@ def reference(files):
     return model, AutoProcessor.from_pretrained(files["model"])
 
 
-def expected(reference, messages, max_new_tokens, seed=None, **generate_kwargs) -> tuple[str, int]:
-    """(answer, prompt tokens) of `model.generate` on the processor's chat-template inputs (images as PIL)."""
-    model, processor = reference
-    inputs = processor.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
-    )
-    if seed is not None:
-        torch.manual_seed(seed)
-    generate_kwargs.setdefault("do_sample", False)
-    output = model.generate(**inputs, max_new_tokens=max_new_tokens, **generate_kwargs)
-    prompt = inputs["input_ids"].shape[1]
-    return processor.tokenizer.decode(output[0, prompt:], skip_special_tokens=True), prompt
-
-
-def pil_message(*parts) -> list[dict]:
-    """The test's own messages for the processor: strings are text, PIL images are images."""
-    content = [{"type": "text", "text": p} if isinstance(p, str) else {"type": "image", "image": p} for p in parts]
-    return [{"role": "user", "content": content}]
+def expected(reference, messages, max_new_tokens, **generate_kwargs) -> tuple[str, int]:
+    return generate_alone(*reference, messages, max_new_tokens, **generate_kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------- basics
@@ -220,14 +208,6 @@ def mixed_requests(files):
     return kinds
 
 
-def run(server, body):
-    if body.get("stream"):
-        status, _, text = stream_chat(server.port, body)
-        return status, text
-    status, reply = chat(server.port, body)
-    return status, answer(reply) if status == 200 else reply
-
-
 def test_32_concurrent_mixed_requests_are_each_answered_as_alone(server, files, reference):
     kinds = mixed_requests(files)
     wants = [expected(reference, messages, tokens, **kwargs)[0] for _, (messages, tokens), kwargs in kinds]
@@ -239,7 +219,7 @@ def test_32_concurrent_mixed_requests_are_each_answered_as_alone(server, files, 
     wants.append(full[: full.index(stop)])
     bodies = [kinds[i % len(kinds)][0] for i in range(32)]
     with ThreadPoolExecutor(32) as pool:
-        results = list(pool.map(lambda body: run(server, body), bodies))
+        results = list(pool.map(lambda body: reply_text(server.port, body), bodies))
     for i, (status, text) in enumerate(results):
         assert status == 200, text
         assert text == wants[i % len(kinds)], (i, bodies[i])
@@ -261,7 +241,9 @@ def test_memory_is_flat_over_200_requests(server, files):
 
     def burst(count):
         with ThreadPoolExecutor(8) as pool:
-            statuses = [status for status, _ in pool.map(lambda i: run(server, bodies[i % 4]), range(count))]
+            statuses = [
+                status for status, _ in pool.map(lambda i: reply_text(server.port, bodies[i % 4]), range(count))
+            ]
         assert statuses.count(200) == 3 * count // 4 and statuses.count(400) == count // 4
 
     burst(40)  # warm up allocators and caches
@@ -272,12 +254,6 @@ def test_memory_is_flat_over_200_requests(server, files):
 
 
 # ---------------------------------------------------------------------------------------------------- hostile clients
-def timed(function, *args, **kwargs):
-    start = time.monotonic()
-    result = function(*args, **kwargs)
-    return result, time.monotonic() - start
-
-
 def test_a_trickling_or_silent_url_holds_up_nothing_else(server, files):
     """While an image URL sends a byte every 0.3 s (or nothing), /health and other requests are served at once,
     and the hostile request gets its 400 at the media deadline."""
