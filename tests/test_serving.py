@@ -77,7 +77,7 @@ def server(files, tmp_path_factory):
         "--max-queue", "64", "--max-media-per-request", "128",
     )  # fmt: skip
     yield process
-    assert process.stop() == -signal.SIGTERM  # Uvicorn shuts down, then re-raises the signal it caught
+    assert process.stop() in (0, -signal.SIGTERM)  # recent Uvicorn re-raises the signal after shutting down
     assert "Application shutdown complete." in process.log()
 
 
