@@ -174,6 +174,19 @@ def test_sanitize_control_tokens_is_accepted(vicuna):
     )
     with pytest.raises(ValueError, match="requires `tokenize=True`"):
         vicuna.apply_chat_template(messages, sanitize_control_tokens=True)
+    with pytest.raises(ValueError, match="not compatible with `return_assistant_tokens_mask=True`"):
+        vicuna.apply_chat_template(
+            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, sanitize_control_tokens=True
+        )
+
+
+def test_training_encodings_are_not_escaped(vicuna):
+    """With assistant masks (the training collator's call), the text is tokenized as the original does: "</s>" in an
+    answer is the end token, and the masks follow the rendered text."""
+    messages = [*conversation("a </s> b"), {"role": "assistant", "content": "c </s> d"}]
+    out = vicuna.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    plain = vicuna(images=[image()], text=vicuna.apply_chat_template(messages))
+    assert out["input_ids"][0] == plain["input_ids"][0] and out["input_ids"][0].count(EOS) == 3
 
 
 def test_escaping_touches_only_message_text():

@@ -111,14 +111,22 @@ class DeepStackProcessor(ProcessorMixin):
 
     def apply_chat_template(self, conversation, chat_template=None, **kwargs):
         """`ProcessorMixin.apply_chat_template`; with `tokenize=True`, control tokens typed in message text are
-        tokenized as plain text ([`escape_control_tokens`]): only the template writes control tokens. A rendered
-        string (`tokenize=False`, the default) is the plain prompt: it cannot tell typed tokens apart. Transformers'
-        `sanitize_control_tokens=True` (newer releases) is accepted and always in effect with `tokenize=True`."""
+        tokenized as plain text ([`escape_control_tokens`]): only the template writes control tokens.
+
+        Not escaped: a rendered string (`tokenize=False`, the default: the plain prompt cannot tell typed tokens
+        apart) and training encodings (`return_assistant_tokens_mask=True`: trusted data, tokenized as the original
+        does, with masks that follow the rendered text). Transformers' `sanitize_control_tokens=True` (newer
+        releases) is accepted on every release: in effect with `tokenize=True`, refused with assistant masks, as
+        Transformers does."""
         sanitize = kwargs.pop("sanitize_control_tokens", False)
-        if kwargs.get("tokenize"):
+        masks = kwargs.get("return_assistant_tokens_mask")
+        if sanitize and (not kwargs.get("tokenize") or masks):
+            raise ValueError(
+                "`sanitize_control_tokens=True` requires `tokenize=True` and is not compatible with "
+                "`return_assistant_tokens_mask=True`."
+            )
+        if kwargs.get("tokenize") and not masks:
             conversation = self.escape_control_tokens(conversation)
-        elif sanitize:
-            raise ValueError("`sanitize_control_tokens=True` requires `tokenize=True`.")
         return super().apply_chat_template(conversation, chat_template, **kwargs)
 
     def _stand_in_for_typed_tokens(self, text):
