@@ -8,6 +8,9 @@ at the start only): the tokenizer built by :func:`~deepstack_hf.tokenization.tok
 the converter) carries the original's word-boundary rules, the start of a chunk after an image included
 (:func:`~deepstack_hf.tokenization.match_slow_word_boundaries`). Images are matched to ``<image>`` markers in
 reading order, prompt by prompt.
+
+Control tokens typed in message text stay text (`deepstack_hf.chat_escaping`): `apply_chat_template(...,
+tokenize=True)` escapes them before rendering, and `__call__` tokenizes escaped runs as plain text.
 """
 
 from __future__ import annotations
@@ -17,12 +20,17 @@ import numpy as np
 from transformers.processing_utils import MultiModalData, ProcessingKwargs, ProcessorMixin
 from transformers.utils import is_torch_available
 
+from .chat_escaping import ESCAPED_RUN, control_token_pattern, escape_control_tokens, unescape
 from .grid_layout import candidate_grids, num_views
 from .image_processing_deepstack import _flatten_images
 
 
 if is_torch_available():
     import torch
+
+
+def _as_list(text) -> list:
+    return list(text) if isinstance(text, (list, tuple)) else [text]
 
 
 def _is_empty(value) -> bool:
@@ -85,7 +93,86 @@ class DeepStackProcessor(ProcessorMixin):
             value = kwargs.pop(name, None)
             if not _is_empty(value):
                 raise ValueError(f"DeepStack takes images and text only; got `{name}` ({type(value).__name__}).")
-        return super().__call__(images=images, text=text, **kwargs)
+        text, typed = self._stand_in_for_typed_tokens(text)
+        outputs = super().__call__(images=images, text=text, **kwargs)
+        return self._spell_out_typed_tokens(outputs, typed)
+
+    # ------------------------------------------------------------------ chat: typed control tokens stay text
+    @property
+    def control_tokens(self) -> tuple[str, ...]:
+        """The strings the tokenizer turns into a token of their own (its added tokens, `<image>` included)."""
+        return tuple(token.content for token in self.tokenizer.added_tokens_decoder.values())
+
+    def escape_control_tokens(self, conversation):
+        """A copy of `conversation` (messages, or a batch of them) whose message text has its control tokens
+        escaped (`deepstack_hf.chat_escaping`). Render it with `apply_chat_template(..., tokenize=False)` and pass
+        the text to this processor: what the messages said is tokenized as plain text, so `"</s>"` typed by a
+        user does not end the turn and `"<image>"` claims no image."""
+        return escape_control_tokens(conversation, control_token_pattern(self.control_tokens))
+
+    def apply_chat_template(self, conversation, chat_template=None, **kwargs):
+        """`ProcessorMixin.apply_chat_template`; with `tokenize=True`, control tokens typed in message text are
+        tokenized as plain text ([`escape_control_tokens`]): only the template writes control tokens.
+
+        Not escaped: a rendered string (`tokenize=False`, the default: the plain prompt cannot tell typed tokens
+        apart) and training encodings (`return_assistant_tokens_mask=True`: trusted data, tokenized as the original
+        does, with masks that follow the rendered text). Transformers' `sanitize_control_tokens=True` (newer
+        releases) is accepted on every release: in effect with `tokenize=True`, refused with assistant masks, as
+        Transformers does."""
+        sanitize = kwargs.pop("sanitize_control_tokens", False)
+        masks = kwargs.get("return_assistant_tokens_mask")
+        if sanitize and (not kwargs.get("tokenize") or masks):
+            raise ValueError(
+                "`sanitize_control_tokens=True` requires `tokenize=True` and is not compatible with "
+                "`return_assistant_tokens_mask=True`."
+            )
+        if kwargs.get("tokenize") and not masks:
+            conversation = self.escape_control_tokens(conversation)
+        return super().apply_chat_template(conversation, chat_template, **kwargs)
+
+    def _stand_in_for_typed_tokens(self, text):
+        """`text` with each escaped run replaced by as many unknown tokens as its plain text has pieces, and those
+        pieces' ids per sample (`None` when no sample has a run: nothing to do).
+
+        The pieces are the BPE pieces of the run's characters, in a piece of their own, so the text around the run
+        is tokenized as around any special token; the usual call then runs (images, padding, truncation, tensors)
+        on final lengths, and [`_spell_out_typed_tokens`] puts the pieces in place of the stand-ins.
+        """
+        samples = _as_list(text) if text is not None else []
+        if not any(ESCAPED_RUN.search(sample) for sample in samples if isinstance(sample, str)):
+            return text, None
+        unk = self.tokenizer.unk_token
+        if unk is None:
+            raise ValueError("Escaped control tokens need a tokenizer with an unknown token to stand in for them.")
+        typed = [[self._plain_text_ids(unescape(run)) for run in ESCAPED_RUN.findall(s)] for s in samples]
+        runs = iter(ids for sample in typed for ids in sample)
+        marked = [ESCAPED_RUN.sub(lambda _: unk * len(next(runs)), sample) for sample in samples]
+        return (marked if isinstance(text, (list, tuple)) else marked[0]), typed
+
+    def _spell_out_typed_tokens(self, outputs, typed):
+        """`outputs` with the stand-ins of [`_stand_in_for_typed_tokens`] replaced by the runs' pieces."""
+        if typed is None:
+            return outputs
+        unk_id, masks = self.tokenizer.unk_token_id, outputs.get("attention_mask")
+        for row, runs in enumerate(typed):
+            ids = outputs["input_ids"][row]
+            mask = masks[row] if masks is not None else [1] * len(ids)
+            positions = [i for i, (token, attended) in enumerate(zip(ids, mask)) if int(token) == unk_id and attended]
+            pieces = [piece for run in runs for piece in run]
+            kept = len(positions)
+            if kept < len(pieces):  # truncation cut some of them: keep those at the kept end of the text
+                pieces = pieces[:kept] if self.tokenizer.truncation_side == "right" else pieces[len(pieces) - kept :]
+            if kept != len(pieces):
+                raise ValueError(
+                    "The tokenizer gives unknown tokens for this text; escaped control tokens need byte fallback."
+                )
+            for index, piece in zip(positions, pieces):
+                ids[index] = piece
+        return outputs
+
+    def _plain_text_ids(self, text: str) -> list[int]:
+        """Ids of `text` as plain text in a piece of its own: the tokenizer model's pieces, no added tokens."""
+        return [token.id for token in self.tokenizer.backend_tokenizer.model.tokenize(text)]
 
     def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
         """Text as a list; images fetched, checked prompt by prompt when given one list per prompt, and flattened
