@@ -1,0 +1,238 @@
+"""Decode the sampled frames of an encoded video, and only those, with PyAV.
+
+[`decode_sampled_frames`] takes an encoded video (a local path, an http(s) URL, the file's bytes or a binary file
+object) and a sampling rule (`metadata -> frame indices`) and returns the chosen frames as upright RGB arrays:
+
+1. a first pass reads the packets of the video stream without decoding them: their presentation timestamps give
+   the frame count `T` and the timestamp of every frame in presentation order, their key flags the key frames;
+2. the rule picks indices in `0..T-1`;
+3. a second pass decodes from the key frame before each chosen frame (seeking when that key frame lies ahead of
+   the decoder, decoding on otherwise) up to the chosen frame, and keeps only the chosen frames.
+
+So memory holds the chosen frames and the decoder's working set, never the video; time is one demux pass plus the
+decoding of one group of pictures per chosen frame. A stream whose packets carry no timestamps (a raw H.264 or
+MPEG elementary stream) is decoded once from the start instead, frames counted as they come.
+
+Frames are turned upright by the stream's display matrix (its rotation; `ffmpeg` does the same by default). URLs are
+downloaded through [`~deepstack_hf.media_fetch.fetch_url`] (total deadline, byte limit). PyAV is imported when a
+video is decoded; without it the `ImportError` names the `video` extra.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Callable, Sequence
+from io import BytesIO
+from typing import IO
+
+import numpy as np
+
+from .media_fetch import FetchLimits, describe_source, fetch_url, is_url
+
+
+VIDEO_EXTRA_HINT = "pip install 'deepstack-hf[video]'"
+
+
+def import_av():
+    """The `av` module (PyAV), or an `ImportError` that names the `video` extra."""
+    try:
+        import av
+    except ImportError as error:
+        raise ImportError(
+            f"Decoding a video file needs PyAV, which is not installed: {VIDEO_EXTRA_HINT} (the `video` extra). "
+            "Videos given as frames (a (T, H, W, 3) array or a list of PIL images) need no decoder."
+        ) from error
+    return av
+
+
+def is_encoded_video(video) -> bool:
+    """Whether `video` is something to decode: a path, a URL, bytes or a binary file object."""
+    return isinstance(video, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(video, "read")
+
+
+class _EncodedVideo:
+    """An encoded video that can be opened more than once, and its name for error messages."""
+
+    def __init__(self, video, fetch_limits: FetchLimits | None):
+        if isinstance(video, os.PathLike):
+            video = os.fspath(video)
+        if isinstance(video, str):
+            self.name = f"Video {describe_source(video)}"
+            if is_url(video):
+                self.file, self.start = BytesIO(fetch_url(video, fetch_limits)), 0  # bounded download
+            elif os.path.isfile(video):
+                self.file, self.start = video, None
+            else:
+                raise ValueError(f"{self.name} is not an existing file or an http(s) URL.")
+        elif isinstance(video, (bytes, bytearray, memoryview)):
+            data = bytes(video)
+            self.name = f"The video bytes ({len(data)} bytes)"
+            self.file, self.start = BytesIO(data), 0
+        else:  # a binary file object; one that cannot seek is read into memory (two passes read it)
+            self.name = f"Video file object {describe_source(str(getattr(video, 'name', type(video).__name__)))}"
+            seekable = getattr(video, "seekable", lambda: False)()
+            self.file = video if seekable else BytesIO(video.read())
+            self.start = video.tell() if seekable else 0
+            if not isinstance(self.file.read(0), bytes):
+                raise ValueError(f"{self.name} is opened in text mode; open it in binary mode ('rb').")
+
+    def open(self):
+        """A new PyAV input container over the video, with its first video stream."""
+        av = import_av()
+        if self.start is not None:
+            self.file.seek(self.start)
+        try:
+            container = av.open(self.file, mode="r")
+        except (av.FFmpegError, OSError, ValueError) as error:
+            raise ValueError(f"{self.name} could not be read as a video: {error}") from error
+        if not container.streams.video:
+            container.close()
+            raise ValueError(f"{self.name} has no video stream.")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        return container, stream
+
+
+def _upright_rgb(frame) -> np.ndarray:
+    """`(H, W, 3)` uint8 RGB of a decoded frame, rotated as its display matrix says."""
+    pixels = frame.to_ndarray(format="rgb24")
+    quarter_turns = round(frame.rotation / 90) % 4  # counter-clockwise, as np.rot90 turns
+    return np.ascontiguousarray(np.rot90(pixels, quarter_turns)) if quarter_turns else pixels
+
+
+def _packet_timeline(container, stream) -> tuple[list[int | None], list[int]]:
+    """Presentation timestamps of every packet of `stream` (demuxed, not decoded) and those of its key frames."""
+    timestamps, keys = [], []
+    for packet in container.demux(stream):
+        if packet.size == 0:  # the demuxer's closing empty packet
+            continue
+        timestamps.append(packet.pts)
+        if packet.is_keyframe and packet.pts is not None:
+            keys.append(packet.pts)
+    return timestamps, sorted(keys)
+
+
+class _SeekingDecoder:
+    """Frames at given timestamps, in increasing order, decoded from the key frame before each (or on from the
+    previous one when no key frame lies between)."""
+
+    def __init__(self, container, stream, keys: list[int], first_timestamp: int):
+        self.container, self.stream, self.keys, self.first = container, stream, keys, first_timestamp
+        self.frames, self.position, self.last = None, None, None
+
+    def _start_at(self, timestamp: int) -> None:
+        self.container.seek(timestamp, stream=self.stream, backward=True)
+        self.frames, self.position = self.container.decode(self.stream), None
+
+    def frame_at(self, target: int) -> np.ndarray | None:
+        """The first frame whose timestamp is `target` or later (the last frame if the stream ends before)."""
+        if self.position is not None and self.position >= target:
+            return self.last
+        index = bisect.bisect_right(self.keys, target) - 1
+        key = self.keys[index] if index >= 0 else self.first
+        if self.frames is None or self.position is None or key > self.position:
+            self._start_at(key)
+        for frame in self.frames:
+            if frame.pts is None:
+                raise _NoTimestamps
+            if self.position is None and frame.pts > target and key != self.first:
+                self._start_at(self.first)  # the demuxer seeked past the target: decode from the start
+                return self.frame_at(target)
+            self.position = frame.pts
+            if frame.pts >= target:
+                self.last = _upright_rgb(frame)
+                return self.last
+        return self.last
+
+
+class _NoTimestamps(Exception):
+    """Decoded frames without timestamps: decode sequentially instead."""
+
+
+def _decode_by_timestamps(container, stream, order: list[int], keys: list[int], indices) -> list[np.ndarray] | None:
+    decoder = _SeekingDecoder(container, stream, keys, order[0])
+    chosen = {}
+    for target in sorted({order[index] for index in indices}):
+        chosen[target] = decoder.frame_at(target)
+    if any(frame is None for frame in chosen.values()):
+        return None
+    return [chosen[order[index]] for index in indices]
+
+
+def _decode_sequentially(container, stream, indices) -> tuple[list[np.ndarray], int]:
+    """The frames at `indices`, counted as the decoder outputs them (presentation order), and how many frames
+    were decoded (all of them when the video ends before the last index)."""
+    wanted, last_wanted, kept, count = set(int(i) for i in indices), max(indices), {}, 0
+    for count, frame in enumerate(container.decode(stream), start=1):
+        if count - 1 in wanted:
+            kept[count - 1] = _upright_rgb(frame)
+        if count - 1 >= last_wanted:
+            break
+    return [kept[int(i)] for i in indices if int(i) in kept], count
+
+
+def decode_sampled_frames(
+    video: str | os.PathLike | bytes | IO[bytes],
+    sample_indices: Callable[[dict], Sequence[int]],
+    fetch_limits: FetchLimits | None = None,
+) -> tuple[list[np.ndarray], dict]:
+    """Decode only the frames `sample_indices` picks from an encoded video.
+
+    Args:
+        video: a local path, an http(s) URL (downloaded with `fetch_url` within `fetch_limits`), the encoded file's
+            bytes, or a binary file object (read from its current position).
+        sample_indices: `metadata -> indices`, given `total_num_frames`, `fps` and `duration`; each index in
+            `0..total_num_frames-1`, non-decreasing.
+        fetch_limits: the download limits for a URL (default `FetchLimits()`: 30 s, 64 MiB).
+
+    Returns:
+        The chosen frames, `(H, W, 3)` uint8 RGB arrays upright (display matrix applied), one per index, and the
+        metadata: `total_num_frames`, `fps` (average frame rate or `None`), `duration` (seconds or `None`),
+        `height` and `width` (upright), `video_backend` `"pyav"` and `frames_indices`.
+
+    Raises:
+        ImportError: PyAV is not installed (the message names the `video` extra).
+        ValueError: the source is not a file, URL, bytes or file object; it cannot be downloaded or read as a
+            video; it has no video stream or no frame. The message names the video.
+    """
+    source = _EncodedVideo(video, fetch_limits)
+    av = import_av()
+    try:
+        container, stream = source.open()
+        with container:
+            timestamps, keys = _packet_timeline(container, stream)
+            rate, duration = stream.average_rate, stream.duration
+            duration = float(duration * stream.time_base) if duration and stream.time_base else None
+        if not timestamps:
+            raise ValueError(f"{source.name} contains no frames.")
+        metadata = {"total_num_frames": len(timestamps), "fps": float(rate) if rate else None, "duration": duration}
+        indices = [int(i) for i in sample_indices(dict(metadata))]
+        frames = None
+        if None not in timestamps:
+            container, stream = source.open()
+            with container:
+                try:
+                    frames = _decode_by_timestamps(container, stream, sorted(timestamps), keys, indices)
+                except _NoTimestamps:
+                    frames = None
+        if frames is None:  # no usable timestamps: count the frames while decoding from the start
+            container, stream = source.open()
+            with container:
+                frames, decoded = _decode_sequentially(container, stream, indices)
+            if len(frames) < len(indices) and decoded:  # fewer frames than packets: sample the true count again
+                metadata["total_num_frames"] = decoded
+                indices = [int(i) for i in sample_indices(dict(metadata))]
+                container, stream = source.open()
+                with container:
+                    frames, _ = _decode_sequentially(container, stream, indices)
+            if not frames or len(frames) < len(indices):
+                raise ValueError(f"{source.name} contains no decodable frames.")
+    except av.FFmpegError as error:
+        raise ValueError(f"{source.name} could not be decoded: {error}") from error
+    height, width = frames[0].shape[:2]
+    metadata.update(height=height, width=width, video_backend="pyav", frames_indices=indices)
+    return frames, metadata
+
+
+__all__ = ["VIDEO_EXTRA_HINT", "decode_sampled_frames", "import_av", "is_encoded_video"]
