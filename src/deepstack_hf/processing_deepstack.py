@@ -92,6 +92,14 @@ class DeepStackProcessor(ProcessorMixin):
             video_processor = DeepStackVideoProcessor()
         super().__init__(image_processor, tokenizer, video_processor, chat_template=chat_template)
 
+    @classmethod
+    def get_processor_dict(cls, pretrained_model_name_or_path, **kwargs):
+        """`ProcessorMixin.get_processor_dict`, with the default video processor for a repo saved before DeepStack
+        had one (its `processor_config.json` has no `video_processor` entry)."""
+        processor_dict, kwargs = super().get_processor_dict(pretrained_model_name_or_path, **kwargs)
+        processor_dict.setdefault("video_processor", {"video_processor_type": DeepStackVideoProcessor.__name__})
+        return processor_dict, kwargs
+
     def check_argument_for_proper_class(self, argument_name, argument):
         """`ProcessorMixin`'s class check, with the video processor checked against `BaseVideoProcessor` itself:
         Transformers looks the expected class up in its top-level namespace, which lacks the video classes when
