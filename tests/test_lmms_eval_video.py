@@ -3,8 +3,8 @@ video's IG-VLM grid given as an image.
 
 Runs only where lmms-eval and PyAV are installed (the `lmms-eval` and `video` extras; docs/evaluation.md). A tiny
 converted checkpoint answers a two-question video QA task (videos written with PyAV, their paths in a dataset saved
-to disk, the yaml passed with `--include_path`) in one batch of two, as lmms-eval's video tasks give them: one video
-path per document. The independent expectation is the grid built here by hand from every decoded frame (frames
+to disk, the yaml passed with `--include_path`), one at a time and in one batch of two (a landscape and a portrait
+grid), as lmms-eval's video tasks give them: one video path per document. The independent expectation is the grid built here by hand from every decoded frame (frames
 `k * floor(T / 6)`, two to a row) and given to the package as an image, one question at a time.
 """
 
@@ -115,9 +115,10 @@ def one_at_a_time(model_dir, paths):
     return answers
 
 
-def test_lmms_eval_answers_a_video_task_through_the_grid(tiny_task):
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_lmms_eval_answers_a_video_task_through_the_grid(tiny_task, batch_size):
     root, model_dir, paths = tiny_task
-    out = root / "results"
+    out = root / f"results-{batch_size}"
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(root / "hf_home"))
     command = [
         sys.executable, "-m", "lmms_eval",
@@ -125,7 +126,7 @@ def test_lmms_eval_answers_a_video_task_through_the_grid(tiny_task):
         "--model_args", f"pretrained={model_dir},device=cpu,dtype=float32",
         "--tasks", TASK,
         "--include_path", str(root / "tasks"),
-        "--batch_size", "2",
+        "--batch_size", str(batch_size),
         "--log_samples",
         "--output_path", str(out),
     ]
