@@ -6,9 +6,9 @@ that on a long synthetic video:
 
 1. it writes a long H.264 MP4 (default 10 minutes of 1280x720 at 30 frames per second, a key frame every 250
    frames, `ultrafast` preset and CRF 40 on mostly static frames: a small file quickly written on a slow machine);
-2. in a fresh Python process it imports the package, reads the process's peak RSS (`ru_maxrss`), turns the video
-   into its grid (from the path, and from the file's bytes as `deepstack-serve` passes a downloaded video), and
-   reads the peak RSS again: the difference is what decoding cost on top of the imports;
+2. in a fresh Python process it imports the package and PyAV, reads the process's peak RSS (`ru_maxrss`), turns the
+   video into its grid (from the path, and from the file's bytes as `deepstack-serve` passes a downloaded video),
+   and reads the peak RSS again: the difference is what decoding cost on top of the imports (and of the bytes);
 3. it compares that with what holding the decoded video would take (`T x H x W x 3` bytes).
 
 Usage::
@@ -37,7 +37,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 MEASURE = r"""
 import json, resource, sys, time
 source, mode = sys.argv[1], sys.argv[2]
-import numpy as np
+import av, numpy as np
 from deepstack_hf import DeepStackVideoProcessor
 processor = DeepStackVideoProcessor()
 data = open(source, "rb").read() if mode == "bytes" else source
@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument("--gop", type=int, default=250, help="frames between key frames (x264's default)")
     parser.add_argument("--keep", type=Path, help="write the video here and keep it (default: a temporary file)")
+    parser.add_argument("--modes", nargs="+", choices=["path", "bytes"], default=["path", "bytes"],
+                        help="what the processor is given: the file's path, its bytes (default: both)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
             "video": {"seconds": args.seconds, "width": args.width, "height": args.height, "fps": args.fps,
                       "gop": args.gop, "frames": frames, "file_bytes": path.stat().st_size, "write_s": written_s},
             "decoded_video_bytes": frames * args.width * args.height * 3,
-            "runs": {mode: measure(path, mode) for mode in ("path", "bytes")},
+            "runs": {mode: measure(path, mode) for mode in args.modes},
         }
     video = results["video"]
     print(f"video: {video['seconds']:g} s, {video['width']}x{video['height']} at {video['fps']} fps, "

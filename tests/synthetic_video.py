@@ -7,7 +7,10 @@ that [`read_frame_number`] tells which frame a grid cell holds.
 
 from __future__ import annotations
 
+import math
+import struct
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 
@@ -56,7 +59,8 @@ def write_numbered_video(
 
     Args:
         timestamps_ms: each frame's presentation time in milliseconds (a variable frame rate); default `i / rate`.
-        display_rotation: a display matrix rotation (degrees counter-clockwise, as `VideoFrame.rotation` reads it).
+        display_rotation: a display matrix rotation (degrees counter-clockwise, as `VideoFrame.rotation` reads it),
+            written into the MP4 track header of `target` (a path) after the video is written, as a camera does.
         gop_size: frames between key frames (H.264 default: 250).
     """
     import av
@@ -68,8 +72,6 @@ def write_numbered_video(
             stream.codec_context.time_base = Fraction(1, 1000)
         if gop_size is not None:
             stream.codec_context.gop_size = gop_size
-        if display_rotation is not None:
-            stream.set_display_rotation(display_rotation)
         container.start_encoding()  # the header, even for a video without frames
         for number in range(frame_count):
             frame = av.VideoFrame.from_ndarray(numbered_frame(number, width, height), format="rgb24")
@@ -79,6 +81,25 @@ def write_numbered_video(
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+    if display_rotation is not None:
+        set_mp4_rotation(Path(target), display_rotation)
+
+
+def set_mp4_rotation(path: Path, degrees: int) -> None:
+    """Write a rotation into the transformation matrix of the (only) `tkhd` box of an MP4 file.
+
+    ISO/IEC 14496-12: nine big-endian 32-bit numbers `a b u c d v x y w`, 16.16 fixed point but `u v w` 2.30;
+    a counter-clockwise rotation by `degrees` is `a = d = cos`, `b = -sin`, `c = sin` (FFmpeg's
+    `av_display_rotation_set`), `w = 1`.
+    """
+    data = bytearray(path.read_bytes())
+    box = data.index(b"tkhd")
+    version = data[box + 4]
+    matrix_at = box + (44 if version == 0 else 56)
+    radians = math.radians(degrees)
+    cos, sin = round(math.cos(radians) * 65536), round(math.sin(radians) * 65536)
+    data[matrix_at : matrix_at + 36] = struct.pack(">9i", cos, -sin, 0, sin, cos, 0, 0, 0, 1 << 30)
+    path.write_bytes(bytes(data))
 
 
 def decode_every_frame(path) -> list[np.ndarray]:

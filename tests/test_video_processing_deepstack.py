@@ -197,15 +197,18 @@ def test_variable_frame_rate_counts_frames(av, processor, tmp_path):
     assert cell_numbers(grid_of(processor, path)) == [0, 5, 10, 15, 20, 25]
 
 
-def test_rotation_metadata_turns_frames_upright(av, processor, tmp_path):
-    if not hasattr(av.video.stream.VideoStream, "set_display_rotation"):
-        pytest.skip("this PyAV cannot write a display matrix")
-    path = write(tmp_path / "rotated.mp4", 12, display_rotation=-90)  # shown a quarter turn clockwise
+@pytest.mark.parametrize("degrees", [-90, 90, 180])
+def test_rotation_metadata_turns_frames_upright(av, processor, tmp_path, degrees):
+    path = write(tmp_path / "rotated.mp4", 12, display_rotation=degrees)  # counter-clockwise, as a phone records
+    with av.open(path) as container:  # the stored frames are landscape and say how to turn them
+        assert next(container.decode(video=0)).rotation % 360 == degrees % 360
+    turns = degrees // 90
     grid = grid_of(processor, path)
-    assert grid.shape == (3 * WIDTH, 2 * HEIGHT, 3)  # upright cells are portrait
-    assert cell_numbers(grid, height=WIDTH, width=HEIGHT, turn=1) == [0, 2, 4, 6, 8, 10]
+    height, width = (WIDTH, HEIGHT) if turns % 2 else (HEIGHT, WIDTH)
+    assert grid.shape == (3 * height, 2 * width, 3)  # a quarter turn makes the cells portrait
+    assert cell_numbers(grid, height=height, width=width, turn=-turns) == [0, 2, 4, 6, 8, 10]
     every = decode_every_frame(path)
-    np.testing.assert_array_equal(grid, hand_grid([np.rot90(every[i], -1) for i in (0, 2, 4, 6, 8, 10)], 2))
+    np.testing.assert_array_equal(grid, hand_grid([np.rot90(every[i], turns) for i in (0, 2, 4, 6, 8, 10)], 2))
 
 
 def test_portrait_video(av, processor, tmp_path):
@@ -386,3 +389,17 @@ def test_apply_chat_template_loads_and_samples_videos(av, tokenizer, tmp_path, t
     with pytest.raises(ValueError, match=r"2 <video> marker\(s\) but 1 video\(s\)"):
         processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
 
+
+def test_memory_benchmark_runs_tiny(av, tmp_path):
+    """benchmarks/video_memory.py end to end on a 2-second video (no memory bound is asserted here)."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "video_memory.py"
+    spec = importlib.util.spec_from_file_location("video_memory", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.main(["--seconds", "2", "--width", "64", "--height", "48", "--fps", "10", "--modes", "bytes"])
+    run = result["runs"]["bytes"]
+    assert result["video"]["frames"] == 20 and run["total_frames"] == 20
+    assert run["frames_indices"] == [0, 3, 6, 9, 12, 15] and run["grid_shape"] == [144, 128, 3]
+    assert run["peak_rss_after_bytes"] >= run["peak_rss_before_bytes"] > 0
