@@ -355,6 +355,26 @@ def test_video_processor_is_saved_and_loaded(tmp_path, tokenizer):
     assert DeepStackProcessor(processor.image_processor, tokenizer).video_processor.num_frames == 6  # the default
 
 
+@pytest.mark.skipif(
+    not hasattr(__import__("transformers").ProcessorMixin, "_resolve_subprocessors"),
+    reason="this Transformers loads a primary video processor from its own file only (docs/video.md)",
+)
+def test_a_repo_saved_before_videos_gets_the_default_video_processor(tmp_path, tokenizer):
+    import json
+
+    from transformers import AutoProcessor
+
+    tiny_deepstack_config().save_pretrained(tmp_path)
+    make_processor(tokenizer).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "processor_config.json").read_text())
+    del saved["video_processor"], saved["video_token"]  # as the converter wrote it before videos
+    (tmp_path / "processor_config.json").write_text(json.dumps(saved))
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert type(loaded.video_processor) is DeepStackVideoProcessor and loaded.video_processor.num_frames == 6
+    video = array_video(7)
+    np.testing.assert_array_equal(grid_of(loaded, video), hand_grid(list(video[:6]), 2))
+
+
 # ---------------------------------------------------------------------------------------------- chat templates
 def test_both_templates_render_video_parts(tokenizer):
     content = [{"type": "video", "path": "a.mp4"}, {"type": "image"}, {"type": "video", "url": "https://x/b.mp4"},
