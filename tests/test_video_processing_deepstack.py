@@ -410,6 +410,17 @@ def test_apply_chat_template_loads_and_samples_videos(av, tokenizer, tmp_path, t
         processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
 
 
+
+def test_apply_chat_template_passes_video_options(processor):
+    video = array_video(20)
+    messages = [{"role": "user", "content": [{"type": "video", "video": video}, {"type": "text", "text": "Hi?"}]}]
+    out = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                        processor_kwargs={"num_frames": 4, "frames_per_row": 4})
+    text = processor.apply_chat_template(messages, add_generation_prompt=True).replace("<video>", "<image>")
+    expected = processor(images=[Image.fromarray(hand_grid([video[i] for i in (0, 5, 10, 15)], 4))], text=text)
+    assert out["input_ids"] == expected["input_ids"]
+    np.testing.assert_array_equal(out["pixel_values"], expected["pixel_values"])
+
 def test_memory_benchmark_runs_tiny(av, tmp_path):
     """benchmarks/video_memory.py end to end on a 2-second video (no memory bound is asserted here)."""
     import importlib.util
