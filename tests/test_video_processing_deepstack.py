@@ -190,6 +190,26 @@ def test_long_video_decodes_the_sampled_frames(av, processor, tmp_path, gop_size
     np.testing.assert_array_equal(out["video_grids"][0], hand_grid([every[i] for i in expected], 2))
 
 
+@pytest.mark.parametrize(("container_format", "suffix"), [("mp4", "mp4"), ("matroska", "mkv"), ("mpegts", "ts"),
+                                                          ("avi", "avi")])
+def test_containers_decode_the_sampled_frames(av, processor, tmp_path, container_format, suffix):
+    """Seeking to key frames in every common container; MPEG-TS seeks by byte position and can land past the
+    target, so the decoder steps back a key frame."""
+    path = write(tmp_path / f"clip.{suffix}", 150, gop_size=10, container_format=container_format)
+    grid = grid_of(processor, path)
+    expected = [0, 25, 50, 75, 100, 125]
+    assert cell_numbers(grid) == expected
+    every = decode_every_frame(path)
+    np.testing.assert_array_equal(grid, hand_grid([every[i] for i in expected], 2))
+
+
+def test_frames_larger_than_pillows_limit_are_refused(av, processor, tmp_path, monkeypatch):
+    path = write(tmp_path / "big.mp4", 3)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", WIDTH * HEIGHT - 1)
+    with pytest.raises(ValueError, match=r"big\.mp4.* frames of 64x48 pixels, more than Pillow's limit"):
+        processor.video_processor(path)
+
+
 def test_variable_frame_rate_counts_frames(av, processor, tmp_path):
     gaps = [10, 90, 40, 5, 200, 33, 70]  # milliseconds between frames, irregular
     stamps = np.cumsum([0] + [gaps[i % len(gaps)] for i in range(29)]).tolist()

@@ -7,13 +7,16 @@ object) and a sampling rule (`metadata -> frame indices`) and returns the chosen
    the frame count `T` and the timestamp of every frame in presentation order, their key flags the key frames;
 2. the rule picks indices in `0..T-1`;
 3. a second pass decodes from the key frame before each chosen frame (seeking when that key frame lies ahead of
-   the decoder, decoding on otherwise) up to the chosen frame, and keeps only the chosen frames.
+   the decoder, decoding on otherwise) up to the chosen frame, and keeps only the chosen frames. A seek that lands
+   past the chosen frame (MPEG-TS seeks by byte position) is retried from the key frame before; the first key
+   frame is reached by decoding from the start, without seeking.
 
 So memory holds the chosen frames and the decoder's working set, never the video; time is one demux pass plus the
 decoding of one group of pictures per chosen frame. A stream whose packets carry no timestamps (a raw H.264 or
 MPEG elementary stream) is decoded once from the start instead, frames counted as they come.
 
-Frames are turned upright by the stream's display matrix (its rotation; `ffmpeg` does the same by default). URLs are
+Frames are turned upright by the stream's display matrix (its rotation; `ffmpeg` does the same by default). Frames
+larger than Pillow's limit for one image (`PIL.Image.MAX_IMAGE_PIXELS`) are refused before decoding. URLs are
 downloaded through [`~deepstack_hf.media_fetch.fetch_url`] (total deadline, byte limit). PyAV is imported when a
 video is decoded; without it the `ImportError` names the `video` extra.
 """
@@ -27,6 +30,7 @@ from io import BytesIO
 from typing import IO
 
 import numpy as np
+from PIL import Image
 
 from .media_fetch import FetchLimits, describe_source, fetch_url, is_url
 
@@ -71,11 +75,11 @@ class _EncodedVideo:
             self.file, self.start = BytesIO(data), 0
         else:  # a binary file object; one that cannot seek is read into memory (two passes read it)
             self.name = f"Video file object {describe_source(str(getattr(video, 'name', type(video).__name__)))}"
+            if not isinstance(video.read(0), bytes):
+                raise ValueError(f"{self.name} is opened in text mode; open it in binary mode ('rb').")
             seekable = getattr(video, "seekable", lambda: False)()
             self.file = video if seekable else BytesIO(video.read())
             self.start = video.tell() if seekable else 0
-            if not isinstance(self.file.read(0), bytes):
-                raise ValueError(f"{self.name} is opened in text mode; open it in binary mode ('rb').")
 
     def open(self):
         """A new PyAV input container over the video, with its first video stream."""
@@ -90,6 +94,13 @@ class _EncodedVideo:
             container.close()
             raise ValueError(f"{self.name} has no video stream.")
         stream = container.streams.video[0]
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
+            container.close()
+            raise ValueError(
+                f"{self.name} has frames of {width}x{height} pixels, more than Pillow's limit for one image "
+                f"({Image.MAX_IMAGE_PIXELS}, `PIL.Image.MAX_IMAGE_PIXELS`), which images are held to as well."
+            )
         stream.thread_type = "AUTO"
         return container, stream
 
@@ -114,47 +125,72 @@ def _packet_timeline(container, stream) -> tuple[list[int | None], list[int]]:
 
 
 class _SeekingDecoder:
-    """Frames at given timestamps, in increasing order, decoded from the key frame before each (or on from the
-    previous one when no key frame lies between)."""
+    """Frames at given timestamps, in increasing order: decoded on from the previous one when no key frame lies
+    between, else from the last key frame before the target (seeking there), else from the start of the video."""
 
-    def __init__(self, container, stream, keys: list[int], first_timestamp: int):
-        self.container, self.stream, self.keys, self.first = container, stream, keys, first_timestamp
-        self.frames, self.position, self.last = None, None, None
+    def __init__(self, source: _EncodedVideo, keys: list[int]):
+        self.source, self.keys = source, keys
+        self.container = self.stream = self.frames = self.position = self.last = None
 
-    def _start_at(self, timestamp: int) -> None:
+    def close(self) -> None:
+        if self.container is not None:
+            self.container.close()
+
+    def _from_start(self) -> None:
+        self.close()
+        self.container, self.stream = self.source.open()
+        self.frames, self.position = self.container.decode(self.stream), None
+
+    def _seek(self, timestamp: int) -> None:
         self.container.seek(timestamp, stream=self.stream, backward=True)
         self.frames, self.position = self.container.decode(self.stream), None
 
-    def frame_at(self, target: int) -> np.ndarray | None:
-        """The first frame whose timestamp is `target` or later (the last frame if the stream ends before)."""
-        if self.position is not None and self.position >= target:
-            return self.last
-        index = bisect.bisect_right(self.keys, target) - 1
-        key = self.keys[index] if index >= 0 else self.first
-        if self.frames is None or self.position is None or key > self.position:
-            self._start_at(key)
+    def _decode_to(self, target: int, after_seek: bool):
+        """The first frame at `target` or later (the last frame if the stream ends first); `_OVERSHOT` when the
+        first frame after a seek already lies past `target` (MPEG-TS, for one, seeks by byte position)."""
         for frame in self.frames:
             if frame.pts is None:
                 raise _NoTimestamps
-            if self.position is None and frame.pts > target and key != self.first:
-                self._start_at(self.first)  # the demuxer seeked past the target: decode from the start
-                return self.frame_at(target)
+            if after_seek and self.position is None and frame.pts > target:
+                return _OVERSHOT
             self.position = frame.pts
             if frame.pts >= target:
                 self.last = _upright_rgb(frame)
                 return self.last
         return self.last
 
+    def frame_at(self, target: int) -> np.ndarray | None:
+        """The first frame whose timestamp is `target` or later (the last frame if the stream ends before)."""
+        if self.position is not None and self.position >= target:
+            return self.last
+        index = bisect.bisect_right(self.keys, target) - 1
+        if self.position is not None and (index < 0 or self.keys[index] <= self.position):
+            return self._decode_to(target, after_seek=False)  # no key frame in between: decode on
+        if self.container is not None:
+            while index > 0:  # the first key frame is the start of the video: no seek needed there
+                self._seek(self.keys[index])
+                frame = self._decode_to(target, after_seek=True)
+                if frame is not _OVERSHOT:
+                    return frame
+                index -= 1  # landed past the target: try the key frame before
+        self._from_start()
+        return self._decode_to(target, after_seek=False)
+
+
+_OVERSHOT = object()
+
 
 class _NoTimestamps(Exception):
     """Decoded frames without timestamps: decode sequentially instead."""
 
 
-def _decode_by_timestamps(container, stream, order: list[int], keys: list[int], indices) -> list[np.ndarray] | None:
-    decoder = _SeekingDecoder(container, stream, keys, order[0])
-    chosen = {}
-    for target in sorted({order[index] for index in indices}):
-        chosen[target] = decoder.frame_at(target)
+def _decode_by_timestamps(source: _EncodedVideo, order: list[int], keys: list[int], indices) -> list | None:
+    """The frames at `indices` (in presentation order, `order` being every frame's timestamp, sorted)."""
+    decoder = _SeekingDecoder(source, keys)
+    try:
+        chosen = {target: decoder.frame_at(target) for target in sorted({order[index] for index in indices})}
+    finally:
+        decoder.close()
     if any(frame is None for frame in chosen.values()):
         return None
     return [chosen[order[index]] for index in indices]
@@ -210,12 +246,10 @@ def decode_sampled_frames(
         indices = [int(i) for i in sample_indices(dict(metadata))]
         frames = None
         if None not in timestamps:
-            container, stream = source.open()
-            with container:
-                try:
-                    frames = _decode_by_timestamps(container, stream, sorted(timestamps), keys, indices)
-                except _NoTimestamps:
-                    frames = None
+            try:
+                frames = _decode_by_timestamps(source, sorted(timestamps), keys, indices)
+            except _NoTimestamps:
+                frames = None
         if frames is None:  # no usable timestamps: count the frames while decoding from the start
             container, stream = source.open()
             with container:
