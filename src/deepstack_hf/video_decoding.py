@@ -232,8 +232,8 @@ def decode_sampled_frames(
         ValueError: the source is not a file, URL, bytes or file object; it cannot be downloaded or read as a
             video; it has no video stream or no frame. The message names the video.
     """
+    av = import_av()  # before any download
     source = _EncodedVideo(video, fetch_limits)
-    av = import_av()
     try:
         container, stream = source.open()
         with container:
