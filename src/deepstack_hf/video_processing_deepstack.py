@@ -25,7 +25,7 @@ from transformers.processing_utils import Unpack, VideosKwargs
 from transformers.video_processing_utils import BaseVideoProcessor
 from transformers.video_utils import VideoMetadata
 
-from .image_processing_deepstack import DeepStackImageProcessingMixin
+from .image_inputs import to_rgb
 from .video_decoding import decode_sampled_frames, is_encoded_video
 
 
@@ -203,18 +203,16 @@ class DeepStackVideoProcessor(BaseVideoProcessor):
         return frames_per_video, metadata_per_video
 
     def _prepare_input_videos(self, videos, input_data_format=None, device=None, **kwargs) -> list[list[np.ndarray]]:
-        """Every frame as an `(H, W, 3)` uint8 RGB array, converted as the image processor converts images (PIL
-        modes through `convert("RGB")`; arrays by value range and channel count)."""
+        """Every frame as an `(H, W, 3)` uint8 RGB array, by the rules images follow (`deepstack_hf.image_inputs`:
+        PIL modes, transparency, value ranges and channel counts)."""
         prepared = []
         for frames in videos:
             rgb = []
             for frame in frames:
                 if isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.shape[-1:] == (3,):
                     rgb.append(frame)  # already (H, W, 3) uint8 RGB: a decoded frame or an array video's
-                    continue
-                if not isinstance(frame, Image.Image):
-                    frame = DeepStackImageProcessingMixin._array_to_pil(frame, input_data_format)
-                rgb.append(np.asarray(frame.convert("RGB")))
+                else:
+                    rgb.append(np.asarray(to_rgb(frame, input_data_format)))
             prepared.append(rgb)
         return prepared
 
