@@ -4,8 +4,9 @@ video's IG-VLM grid given as an image.
 Runs only where lmms-eval and PyAV are installed (the `lmms-eval` and `video` extras; docs/evaluation.md). A tiny
 converted checkpoint answers a two-question video QA task (videos written with PyAV, their paths in a dataset saved
 to disk, the yaml passed with `--include_path`), one at a time and in one batch of two (a landscape and a portrait
-grid), as lmms-eval's video tasks give them: one video path per document. The independent expectation is the grid built here by hand from every decoded frame (frames
-`k * floor(T / 6)`, two to a row) and given to the package as an image, one question at a time.
+grid), as lmms-eval's video tasks give them: one video path per document. The independent expectation is the grid
+built here by hand from every decoded frame (frames `k * floor(T / 6)`, two to a row) and given to the package as
+an image, one question at a time.
 """
 
 import json

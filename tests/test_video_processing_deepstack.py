@@ -42,7 +42,9 @@ def tokenizer(tmp_path_factory):
 
 
 def make_processor(tokenizer, template=VICUNA_V1_TEMPLATE, hd_layout=False, **video_settings):
-    image_processor = DeepStackImageProcessor(crop_size=TINY_IMAGE_SIZE, patch_size=TINY_PATCH_SIZE, hd_layout=hd_layout)
+    image_processor = DeepStackImageProcessor(
+        crop_size=TINY_IMAGE_SIZE, patch_size=TINY_PATCH_SIZE, hd_layout=hd_layout
+    )
     video_processor = DeepStackVideoProcessor(**video_settings)
     return DeepStackProcessor(image_processor, tokenizer, video_processor, chat_template=template)
 
@@ -116,13 +118,15 @@ def test_frames_as_tensor_and_pil_list_give_the_same_grid(processor):
 def test_options_num_frames_and_frames_per_row(processor):
     video = array_video(20)
     # 4 frames: k * 5; round(sqrt(4)) = 2 to a row
-    np.testing.assert_array_equal(grid_of(processor, video, num_frames=4), hand_grid([video[i] for i in (0, 5, 10, 15)], 2))
+    four = [video[i] for i in (0, 5, 10, 15)]
+    np.testing.assert_array_equal(grid_of(processor, video, num_frames=4), hand_grid(four, 2))
     # 3 to a row: 2 rows, the last with one frame and two white cells
     grid = grid_of(processor, video, num_frames=4, frames_per_row=3)
     np.testing.assert_array_equal(grid, hand_grid([video[i] for i in (0, 5, 10, 15)], 3))
     assert (grid[30:, 40:] == 255).all()
     # 9 frames: floor(20 / 9) = 2, 3 to a row; a single frame is the frame itself
-    np.testing.assert_array_equal(grid_of(processor, video, num_frames=9), hand_grid([video[2 * k] for k in range(9)], 3))
+    nine = [video[2 * k] for k in range(9)]
+    np.testing.assert_array_equal(grid_of(processor, video, num_frames=9), hand_grid(nine, 3))
     np.testing.assert_array_equal(grid_of(processor, video, num_frames=1), video[0])
     # settings saved on the processor apply by default
     np.testing.assert_array_equal(
@@ -326,7 +330,8 @@ def test_generate_gives_the_tokens_of_the_grid(tokenizer):
 def test_images_and_several_videos_keep_reading_order(processor):
     first, second = array_video(6, seed=1), array_video(13, seed=2)
     picture = Image.fromarray(array_video(1, width=50, height=20, seed=3)[0])
-    grids = [Image.fromarray(hand_grid(list(first), 2)), Image.fromarray(hand_grid([second[2 * k] for k in range(6)], 2))]
+    grids = [Image.fromarray(hand_grid(list(first), 2)),
+             Image.fromarray(hand_grid([second[2 * k] for k in range(6)], 2))]
     text = ["A <video> then <image> and <video> end", "only text"]
     with_videos = processor(images=[picture], videos=[first, second], text=text, padding=True)
     as_images = processor(images=[grids[0], picture, grids[1]], text=[t.replace("<video>", "<image>") for t in text],
@@ -339,9 +344,8 @@ def test_images_and_several_videos_keep_reading_order(processor):
     assert per_prompt["input_ids"] == flat["input_ids"]
     np.testing.assert_array_equal(per_prompt["pixel_values"], flat["pixel_values"])
     # without text the grids follow the images
-    np.testing.assert_array_equal(
-        processor(images=[picture], videos=[first])["pixel_values"], processor(images=[picture, grids[0]])["pixel_values"]
-    )
+    np.testing.assert_array_equal(processor(images=[picture], videos=[first])["pixel_values"],
+                                  processor(images=[picture, grids[0]])["pixel_values"])
 
 
 def test_counts_that_do_not_match_are_refused(processor):
