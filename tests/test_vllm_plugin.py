@@ -205,6 +205,23 @@ def test_stacks_change_the_tokens(converted):
     assert [new for _, new in with_stacks] != [new for _, new in without_stacks]
 
 
+def test_videos_are_refused_by_name(converted):
+    """The plugin takes images; a video (chat part or offline `multi_modal_data`) is refused with the way round it."""
+    from vllm import LLM, SamplingParams
+
+    from deepstack_hf.vllm_plugin.model import DeepStackForConditionalGeneration as VllmDeepStack
+
+    with pytest.raises(ValueError, match="takes images, not videos.*DeepStackVideoProcessor"):
+        VllmDeepStack.get_placeholder_str("video", 0)
+    llm = LLM(model=converted["plain"], dtype="float32", max_model_len=2048, max_num_seqs=8, enforce_eager=True, seed=0)
+    video = np.zeros((6, 32, 32, 3), dtype=np.uint8)
+    with pytest.raises(Exception, match="takes images, not videos.*DeepStackVideoProcessor"):
+        llm.generate({"prompt": "USER: <video>\nWhat happens? ASSISTANT:", "multi_modal_data": {"video": video}},
+                     SamplingParams(max_tokens=2))
+    del llm
+    gc.collect()
+
+
 def test_chat_matches_processor_chat_template(converted):
     """`llm.chat` with an image part renders the repo's chat template, like `processor.apply_chat_template`."""
     from vllm import LLM, SamplingParams

@@ -21,7 +21,9 @@ Every turn is ``"\\n<|user|>\\n"`` or ``"\\n<|assistant|>\\n"`` + text + ``"<|en
 
 Both templates accept plain-string contents and Hugging Face content lists
 (``[{"type": "image"}, {"type": "text", "text": ...}]``). Each image item of a message renders as
-``<image>\\n`` before the message's text (the original puts the image first: ``"<image>\\n" + question``);
+``<image>\\n`` and each video item (``{"type": "video", "path" | "url" | "video": ...}``) as ``<video>\\n``, in
+their order, before the message's text (the original puts the image first: ``"<image>\\n" + question``; the
+processor turns each video into one grid image, docs/video.md);
 several text items are joined with ``"\\n"``. A leading ``system`` message replaces the default system prompt.
 Neither template writes BOS: the tokenizer adds it, as in the original.
 
@@ -50,12 +52,13 @@ VICUNA_V1_SYSTEM_PROMPT = (
 )
 PHI3_SYSTEM_PROMPT = "You are a helpful AI assistant."
 
-# Shared macro: a message's content as the original prompt text (images first, as "<image>\n").
+# Shared macro: a message's content as the original prompt text (images and videos first, as "<image>\n" /
+# "<video>\n").
 _RENDER_CONTENT = (
     "{%- macro render_content(content) -%}"
     "{%- if content is string -%}{{ content }}"
     "{%- else -%}"
-    "{%- for item in content if item['type'] == 'image' -%}{{ '<image>\\n' }}{%- endfor -%}"
+    "{%- for item in content if item['type'] in ('image', 'video') -%}{{ '<' + item['type'] + '>\\n' }}{%- endfor -%}"
     "{%- for item in content if item['type'] == 'text' -%}"
     "{{ item['text'] }}{%- if not loop.last -%}{{ '\\n' }}{%- endif -%}"
     "{%- endfor -%}"
