@@ -7,10 +7,6 @@ independent expectation is the package used directly, one question at a time. Th
 (the results JSON and the samples JSONL): lmms-eval exits 0 and prints its table even when every request failed.
 """
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -25,6 +21,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E40
 import deepstack_hf  # noqa: E402,F401
 from deepstack_hf.conversion import convert_checkpoint  # noqa: E402
 from deepstack_hf.conversion.synthetic_checkpoint import build_synthetic_checkpoint  # noqa: E402
+from lmms_eval_run import run_lmms_eval, samples_and_results  # noqa: E402
 
 TASK = "deepstack_tiny_vqa"
 POST_PROMPT = "\nAnswer the question using a single word or phrase."
@@ -112,37 +109,14 @@ def one_at_a_time(model_dir, images):
     return answers
 
 
-def run_lmms_eval(root, model_args: str, batch_size: str, out):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(root / "hf_home"))
-    command = [
-        sys.executable, "-m", "lmms_eval",
-        "--model", "deepstack",
-        "--model_args", model_args,
-        "--tasks", TASK,
-        "--include_path", str(root / "tasks"),
-        "--batch_size", batch_size,
-        "--log_samples",
-        "--output_path", str(out),
-    ]
-    return subprocess.run(command, env=env, cwd=root, capture_output=True, text=True, timeout=500)
-
-
-def written(out, pattern, completed):
-    """The one file lmms-eval wrote under `out` matching `pattern`; its output tail when there is none."""
-    files = list(out.rglob(pattern))
-    assert len(files) == 1, (pattern, files, completed.stdout[-2000:], completed.stderr[-3000:])
-    return files[0]
-
-
 def test_lmms_eval_runs_the_deepstack_plugin_batched(tiny_task):
     root, model_dir, images = tiny_task
     out = root / "results"
-    completed = run_lmms_eval(root, f"pretrained={model_dir},device=cpu,dtype=float32", "3", out)
+    completed = run_lmms_eval(root, TASK, f"pretrained={model_dir},device=cpu,dtype=float32", 3, out)
 
     expected = one_at_a_time(model_dir, images)
     gold = ["red", "two", "blue", "no"]
-    samples_file = written(out, f"*_samples_{TASK}.jsonl", completed)
-    samples = sorted((json.loads(line) for line in samples_file.read_text().splitlines()), key=lambda s: s["doc_id"])
+    samples, results = samples_and_results(out, TASK, completed)
     assert [sample["doc_id"] for sample in samples] == list(range(len(QUESTIONS)))  # every question, once
     assert [sample["filtered_resps"] for sample in samples] == expected
     assert [sample["input"] for sample in samples] == [question + POST_PROMPT for question in QUESTIONS]
@@ -150,7 +124,6 @@ def test_lmms_eval_runs_the_deepstack_plugin_batched(tiny_task):
     matches = [float(answer.strip().lower() == truth) for answer, truth in zip(expected, gold)]
     assert [sample["exact_match"] for sample in samples] == matches
 
-    results = json.loads(written(out, "*_results.json", completed).read_text())
     assert results["results"][TASK]["exact_match,none"] == pytest.approx(sum(matches) / len(matches))
     assert results["n-samples"][TASK] == {"original": len(QUESTIONS), "effective": len(QUESTIONS)}
     assert results["config"]["model"] == "deepstack"
@@ -160,7 +133,7 @@ def test_lmms_eval_runs_the_deepstack_plugin_batched(tiny_task):
 def test_batch_size_in_model_args_names_the_option_to_use(tiny_task):
     root, model_dir, _ = tiny_task
     out = root / "results-model-args"
-    completed = run_lmms_eval(root, f"pretrained={model_dir},device=cpu,batch_size=4", "1", out)
+    completed = run_lmms_eval(root, TASK, f"pretrained={model_dir},device=cpu,batch_size=4", 1, out)
     assert "`batch_size=4` in --model_args" in completed.stderr + completed.stdout
     assert "run with `--batch_size 4`" in completed.stderr + completed.stdout
     assert not list(out.rglob("*.json*"))  # nothing evaluated, nothing written
