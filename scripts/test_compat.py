@@ -11,8 +11,8 @@ Targets, each in its own venv under the cache folder (torch pinned first, as `ma
   picked up: `.[EXTRA]` alone, then an import check (every module its requirements provide, and every plugin entry
   point of the package whose host library is installed), then `.[test]` beside it and the extra's tests
   (`[tool.deepstack_hf.test_compat.extra_tests]`; an extra without an entry runs the whole suite). In its own venv a
-  skip of one of its tests counts as a failure: the extra is there, so nothing may be missing. An extra that cannot
-  install is skipped with pip's reason.
+  test file of the extra that is skipped entirely (a module-level `importorskip`) counts as a failure: the extra is
+  there, so nothing may be missing. An extra that cannot install is skipped with pip's reason.
 
 Counts come from pytest's JUnit report. The results go to docs/compatibility.md (every release of the matrix; a
 target not run this time keeps its last recorded result, with its date) and to a table printed at the end.
@@ -215,6 +215,17 @@ def extras_of(pyproject: dict) -> dict[str, list[str]]:
 
 def extra_tests(pyproject: dict) -> dict[str, list[str]]:
     return pyproject.get("tool", {}).get("deepstack_hf", {}).get("test_compat", {}).get("extra_tests", {})
+
+
+def test_files(patterns: list[str]) -> list[str]:
+    """The test files that `patterns` (paths or globs relative to the checkout) name; a pattern naming none fails."""
+    files = []
+    for pattern in patterns:
+        matches = sorted(str(path.relative_to(ROOT)) for path in ROOT.glob(pattern) if path.is_file())
+        if not matches:
+            raise SystemExit(f"pyproject.toml [tool.deepstack_hf.test_compat.extra_tests]: `{pattern}` names no file")
+        files += [match for match in matches if match not in files]
+    return files
 
 
 # ---------------------------------------------------------------- source fingerprint, commit
@@ -424,11 +435,15 @@ def run_pytest(venv: Venv, target: Target, report: Path, log: Path, timeout: flo
 
 
 def junit_counts(report: Path, target: Target) -> dict:
-    """Counts from pytest's JUnit report; each failure as "tests/test_x.py::test_y: its message's start"."""
-    counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0, "failures": [], "skipped_extra_tests": []}
+    """Counts from pytest's JUnit report; each failure as "tests/test_x.py::test_y: its exception line". For an
+    extra's run, `skipped_files`: its test files of which every test was skipped (a module-level `importorskip`)."""
+    counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0, "failures": [], "skipped_files": []}
     if not report.is_file():
         return counts
+    ran, skip_reasons = {}, {}
+    modules = {path: path.removesuffix(".py").replace("/", ".") for path in target.tests}
     for case in ElementTree.parse(report).getroot().iter("testcase"):
+        dotted = case.get("classname") or case.get("name", "")  # a module skipped at collection has no classname
         module = case.get("classname", "").replace(".", "/")
         test_id = f"{module}.py::{case.get('name', '')}" if module else case.get("name", "")
         failure, error, skipped = (case.find(kind) for kind in ("failure", "error", "skipped"))
@@ -438,10 +453,17 @@ def junit_counts(report: Path, target: Target) -> dict:
             counts["failures"].append(f"{test_id}: {failure_line(problem)}")
         elif skipped is not None:
             counts["skipped"] += 1
-            if target.extra and skipped.get("type") != "pytest.xfail":
-                counts["skipped_extra_tests"].append(f"{test_id}: {skipped.get('message', '')[:200]}")
         else:
             counts["passed"] += 1
+        for path, name in modules.items():
+            if dotted == name or dotted.startswith(name + "."):
+                ran[path] = ran.get(path, 0) + (skipped is None)
+                if skipped is not None:
+                    reason = " ".join((skipped.text or skipped.get("message") or "").split())
+                    skip_reasons.setdefault(path, reason[:200])
+    if target.extra:
+        counts["skipped_files"] = [f"{path}: {skip_reasons.get(path, '')}" for path in target.tests
+                                   if path in skip_reasons and not ran.get(path)]
     return counts
 
 
@@ -509,9 +531,9 @@ def run_target(target: Target, args, pyproject: dict, sources: str) -> Result:
             setattr(result, key, counts[key])
         result.status = {0: "passed", 1: "failed"}.get(returncode, "error")
         result.detail = "" if returncode in (0, 1) else pytest_status(returncode)
-        if target.extra and counts["skipped_extra_tests"]:
+        if counts["skipped_files"]:
             result.status = "failed"
-            result.detail = "skipped in the extra's own venv: " + "; ".join(counts["skipped_extra_tests"][:3])
+            result.detail = "skipped entirely in the extra's own venv: " + "; ".join(counts["skipped_files"][:3])
     result.seconds = round(time.monotonic() - started, 1)
     if not args.tests:  # only whole-suite results are recorded for the doc and --resume
         (args.cache / "results" / f"{target.name}.json").write_text(json.dumps(asdict(result), indent=1))
@@ -586,10 +608,10 @@ def write_doc(targets: list[Target], results: dict[str, Result], declared: str, 
         "hand. The package declares `" + declared + "` (pyproject.toml). Each Transformers minor release from the",
         "lower bound to the newest on the package index gets a fresh venv (`torch==" + args.torch_version + "` pinned",
         "first, then `.[test]` with `transformers==5.N.*`, the newest patch) and the whole suite; each extra gets its",
-        "own venv (`.[EXTRA]`, an import check of what it provides, then its tests beside `.[test]`; a skip of its own",
-        "tests there counts as a failure, an extra that cannot install is skipped with pip's reason). A release above",
-        "the declared range is tested to tell whether the bound can move. Rows keep their own date: a row not re-run",
-        "shows its last recorded result. Counts are pytest's (JUnit report): passed, failed, errors, skipped.",
+        "own venv (`.[EXTRA]`, an import check of what it provides, then its tests beside `.[test]`: one of its test",
+        "files skipped entirely there counts as a failure; an extra that cannot install is skipped with pip's reason).",
+        "A release above the declared range is tested to tell whether the bound can move. Rows keep their own date and",
+        "commit: a row not re-run shows its last recorded result. Counts are pytest's (JUnit report).",
         "",
         f"Machine: Python {platform.python_version()}, {platform.system()} {platform.machine()}, torch "
         f"{args.torch_version}" + (f" from {args.torch_index}" if args.torch_index else " from the default index") + ".",
@@ -653,7 +675,7 @@ def main(argv=None) -> int:
     all_targets = [Target(f"transformers-{release}", release=release, in_range=in_range, tests=tests)
                    for release, in_range in matrix]
     extras, mapped = extras_of(pyproject), extra_tests(pyproject)
-    all_targets += [Target(f"extra-{extra}", extra=extra, tests=list(mapped.get(extra, []))) for extra in extras]
+    all_targets += [Target(f"extra-{extra}", extra=extra, tests=test_files(mapped.get(extra, []))) for extra in extras]
     chosen_extras = set(extras) if args.extras == "all" else set() if args.extras == "none" else {
         extra.strip() for extra in args.extras.replace(" ", ",").split(",") if extra.strip()}
     if chosen_extras - set(extras):
