@@ -5,7 +5,7 @@
 #     make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
 # (TORCH_INDEX matters when .venv is created: `rm -rf .venv` to switch.)
 # `make test-compat` runs the suite on every Transformers release the package allows and each extra, in venvs of its
-# own under .venv-compat/, and writes docs/compatibility.md (scripts/test_compat.py). Narrow it with
+# own under .venv-compat/, and writes docs/compatibility.md (scripts/compat_matrix.py). Narrow it with
 # COMPAT_RELEASES=5.17,5.25 and COMPAT_EXTRAS=none|lmms-eval,...; COMPAT_ARGS=--resume continues an interrupted run.
 PYTHON ?= python3
 VENV := .venv
@@ -30,4 +30,4 @@ test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-compat:
-	$(PYTHON) scripts/test_compat.py --torch-version "$(TORCH_VERSION)" --torch-index "$(TORCH_INDEX)" $(COMPAT_ARGS)
+	$(PYTHON) scripts/compat_matrix.py --torch-version "$(TORCH_VERSION)" --torch-index "$(TORCH_INDEX)" $(COMPAT_ARGS)

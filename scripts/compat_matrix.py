@@ -604,7 +604,7 @@ def write_doc(targets: list[Target], results: dict[str, Result], declared: str, 
     lines = [
         "# Compatibility",
         "",
-        f"Written by `make test-compat` (`scripts/test_compat.py`) on {datetime.date.today().isoformat()}; do not edit by",
+        f"Written by `make test-compat` (`scripts/compat_matrix.py`) on {datetime.date.today().isoformat()}; do not edit by",
         "hand. The package declares `" + declared + "` (pyproject.toml). Each Transformers minor release from the",
         "lower bound to the newest on the package index gets a fresh venv (`torch==" + args.torch_version + "` pinned",
         "first, then `.[test]` with `transformers==5.N.*`, the newest patch) and the whole suite; each extra gets its",
