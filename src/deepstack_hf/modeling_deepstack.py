@@ -16,19 +16,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from transformers import AutoModel, GenerationMixin, PreTrainedModel
-from transformers import initialization as init
-from transformers.activations import ACT2FN
+from transformers import AutoModel, GenerationMixin, PreTrainedModel, logging
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
 from transformers.processing_utils import Unpack
-from transformers.utils import logging
 
 from ._compat import (
+    ACT2FN,
     CACHE_NAME,
     CHUNKED_PREFILL_GETS_IMAGES,
     GENERATE_ENCODES_IMAGES,
     TransformersKwargs,
     can_return_tuple,
+    init,
     is_torchdynamo_compiling,
     merge_with_config_defaults,
     select_hidden_states,
