@@ -71,3 +71,62 @@ def test_impossible_values_raise_naming_the_field(overrides, field):
 def test_image_seq_length_must_match_the_vision_tower():
     with pytest.raises(ValueError, match="image_seq_length"):
         DeepStackConfig(image_seq_length=577)  # CLIP-L/14 at 336 px has 24x24 = 576 patches
+
+
+# A field changed after construction is refused where it is used: by every model forward and by save_pretrained
+# (which runs `validate()`), with the same message as at construction; the saved folder gets no config.json.
+CHANGES_AFTER_CONSTRUCTION = [
+    ({"deepstack_layers": [1, 1, 2, 3]}, "deepstack_layers=.* strictly increasing"),  # would silently drop a stack
+    ({"deepstack_layers": [1, 2, 3]}, "deepstack_layers=.* 3 entries but the model builds 4 stacks"),
+    ({"deepstack_layers": [1, 2, 3, 6]}, r"deepstack_layers=.* must lie in \[0, 6\)"),
+    ({"num_crops": 6}, "6 entries but the model builds|has 4 entries but the model builds 6 stacks"),
+    ({"num_crops": 1}, "num_crops=1 is not allowed"),
+    ({"stack_sampling": "3d"}, "Unknown stack_sampling '3d'"),
+    ({"square_grid": None}, "square_grid must be True or False"),
+    ({"square_grid": True, "num_crops": 6, "deepstack_layers": [0, 1, 2, 3, 4, 5]}, "square number"),
+    ({"projector_hidden_act": "no_such_act"}, "projector_hidden_act"),
+    ({"vision_feature_layer": 40}, "vision_feature_layer=40 is not allowed"),
+    ({"image_seq_length": 17}, "image_seq_length=17"),
+    ({"vision_split_layer": 2}, "vision_split_layer is a DeepStack-V field"),
+    ({"deepstack_variant": "V"}, "DeepStack-V needs square_grid=True"),
+    ({"text_config": {"model_type": "llama"}}, "text_config must be a config object"),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    import torch
+
+    from deepstack_hf import DeepStackModel
+
+    torch.manual_seed(0)
+    return DeepStackModel(tiny_deepstack_config()).eval()
+
+
+@pytest.mark.parametrize(("changes", "message"), CHANGES_AFTER_CONSTRUCTION)
+def test_fields_changed_after_construction_are_refused_at_use(tiny_model, changes, message, monkeypatch, tmp_path):
+    import torch
+    from huggingface_hub.errors import StrictDataclassClassValidationError
+
+    ids = torch.tensor([[1, 5, 6, 7]])
+    tiny_model(input_ids=ids)  # the unchanged config is accepted
+    for field, value in changes.items():
+        monkeypatch.setattr(tiny_model.config, field, value)
+    with pytest.raises(ValueError, match=message):
+        tiny_model(input_ids=ids)
+    with pytest.raises(StrictDataclassClassValidationError, match=message):
+        tiny_model.config.save_pretrained(tmp_path / "config")
+    assert not (tmp_path / "config" / "config.json").exists()
+    with pytest.raises(StrictDataclassClassValidationError, match=message):
+        tiny_model.save_pretrained(tmp_path / "model")
+    assert not (tmp_path / "model" / "config.json").exists()
+
+
+def test_a_sub_config_changed_after_construction_is_refused_at_use(tiny_model, monkeypatch, tmp_path):
+    import torch
+
+    monkeypatch.setattr(tiny_model.config.text_config, "num_hidden_layers", 3)  # stacks go before layers 1..4
+    with pytest.raises(ValueError, match=r"deepstack_layers=\[1, 2, 3, 4\] must lie in \[0, 3\) for a 3-layer"):
+        tiny_model(input_ids=torch.tensor([[1, 5]]))
+    with pytest.raises(Exception, match=r"must lie in \[0, 3\)"):
+        tiny_model.config.save_pretrained(tmp_path)

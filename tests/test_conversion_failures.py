@@ -311,3 +311,166 @@ def test_cli_reports_the_refusal_on_one_line(source, tmp_path, capsys):
     assert main([str(source), str(tmp_path / "out"), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "num_crops=1000000 is not allowed" in err
+
+
+# ----------------------------------------------------------------------------------------------- paths the user gave
+def hub_cache_repo(cache: Path, repo_id: str, files: Path, **config_changes) -> Path:
+    """`files` laid out as the Hub cache holds repo `repo_id` (refs/main -> snapshots/<rev>), config.json changed."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = repo / "snapshots" / revision
+    shutil.copytree(files, snapshot)
+    (repo / "blobs").mkdir()
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    if config_changes:
+        set_config(snapshot, **config_changes)
+    return snapshot
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An offline Hub whose cache is `tmp_path / "cache"` (what `HF_HUB_OFFLINE=1` reads); cwd is `tmp_path`."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.chdir(tmp_path)
+    return cache
+
+
+def test_a_hub_checkpoint_naming_a_local_tower_is_refused_and_an_explicit_tower_is_read(original, offline_hub, tmp_path):
+    # The synthetic config names its tower by absolute local path, as a hostile repo would name any local folder.
+    local_tower = str(original.vision_tower.resolve())
+    hub_cache_repo(offline_hub, "org/deepstack-tiny", original.checkpoint)
+    tower_before = tree(original.vision_tower)
+    refuse("org/deepstack-tiny", tmp_path / "out",
+           rf"The Hub checkpoint's config\.json names mm_vision_tower='{local_tower[:40]}.*', which is not a Hub repo id; "
+           r"the converter never reads a local path that a downloaded file names\. Pass --vision-tower")
+    assert tree(original.vision_tower) == tower_before
+    # The same path given by the user is read; the card names the folder, never the machine's path.
+    result = convert_checkpoint("org/deepstack-tiny", tmp_path / "out", vision_tower=local_tower, progress=False)
+    card = (result.output_dir / "README.md").read_text()
+    assert "the local CLIP folder `clip-tower`" in card and local_tower not in card and "base_model: org/deepstack-tiny" in card
+
+
+def test_a_tower_named_by_a_hub_checkpoint_is_looked_up_on_the_hub_only(original, offline_hub, tmp_path):
+    hub_cache_repo(offline_hub, "org/clip-tiny", original.vision_tower)
+    hub_cache_repo(offline_hub, "org/deepstack-tiny", original.checkpoint, mm_vision_tower="org/clip-tiny")
+    decoy = tmp_path / "org" / "clip-tiny"  # a local folder with the tower's name, in the current directory
+    decoy.mkdir(parents=True)
+    (decoy / "config.json").write_text('{"model_type": "not-clip"}')
+    result = convert_checkpoint("org/deepstack-tiny", tmp_path / "out", progress=False)
+    assert "`org/clip-tiny` (`vision_model.*`)" in (result.output_dir / "README.md").read_text()
+    # a tower name that is no Hub id, relative or not, is refused the same way
+    hub_cache_repo(offline_hub, "org/deepstack-rel", original.checkpoint, mm_vision_tower="./org/clip-tiny")
+    refuse("org/deepstack-rel", tmp_path / "out2", r"names mm_vision_tower='\./org/clip-tiny', which is not a Hub repo id")
+
+
+def _tower_copy(original, tmp_path, **preprocessor_changes) -> Path:
+    tower = tmp_path / "tower"
+    shutil.copytree(original.vision_tower, tower)
+    preprocessor = json.loads((tower / "preprocessor_config.json").read_text())
+    preprocessor.update(preprocessor_changes)
+    (tower / "preprocessor_config.json").write_text(json.dumps(preprocessor))
+    return tower
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"crop_size": {"height": 28, "width": 28}, "size": {"shortest_edge": 28}},
+     r"preprocessor_config\.json crop_size=28 does not match config\.json image_size=56 \(patch_size=14\)"),
+    ({"size": {"shortest_edge": 64}}, r"preprocessor_config\.json size=64 differs from crop_size=56"),
+], ids=["crop-vs-image-size", "resize-edge"])
+def test_tower_geometry_is_checked_against_its_preprocessing_before_writing(original, source, tmp_path, changes, message):
+    tower = _tower_copy(original, tmp_path, **changes)
+    refuse(source, tmp_path / "out", message, vision_tower=str(tower))
+
+
+# ----------------------------------------------------------------------------------------------- one-line errors
+@pytest.mark.parametrize("rope_scaling, message", [
+    ({"type": "weird", "factor": 2.0}, r"rope_scaling type 'weird' is not supported; expected one of default, dynamic, "),
+    ({"rope_type": "linear"}, r"config\.json gives an invalid DeepStack config: .*factor"),
+    ({"rope_type": "linear", "factor": "x"}, r"config\.json gives a model that cannot be built: TypeError"),
+], ids=["unknown-type", "missing-factor", "text-factor"])
+def test_rope_scaling_errors_are_one_line(source, tmp_path, rope_scaling, message):
+    set_config(source, rope_scaling=rope_scaling)
+    refuse(source, tmp_path / "out", message)
+
+
+def test_an_output_below_a_file_is_refused(source, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    refuse(source, tmp_path / "afile" / "out", r"Output path .*afile/out cannot be created: .*afile is a file")
+    refuse(source, tmp_path / "afile" / "a" / "b", r"cannot be created: .*afile is a file")
+
+
+def test_an_unwritable_output_folder_is_one_error_line(source, tmp_path, monkeypatch, capsys):
+    from deepstack_hf.conversion import output_claim
+
+    real_open = os.open
+
+    def refusing_open(path, *args, **kwargs):  # what a folder without write permission answers (root ignores modes)
+        if str(path).endswith(".lock"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(output_claim.os, "open", refusing_open)
+    refuse(source, tmp_path / "out", r"Cannot write the output .*out: Permission denied \(.*\.out\.lock\)")
+    assert main([str(source), str(tmp_path / "out"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: Cannot write the output")
+
+
+def test_a_disk_error_while_writing_is_one_error_line_and_leaves_nothing(source, tmp_path, monkeypatch, capsys):
+    def full_disk(plan, directory, *args, **kwargs):
+        (directory / "model.safetensors").write_bytes(b"partial")
+        raise OSError(28, "No space left on device", str(directory / "model.safetensors"))
+
+    monkeypatch.setattr(converter, "write_plan", full_disk)
+    before = tree(tmp_path)
+    assert main([str(source), str(tmp_path / "out"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: No space left on device (")
+    assert tree(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------------------------- symlinked outputs
+@pytest.mark.parametrize("spelling", ["out", "out/", "out/."])
+def test_overwrite_of_a_symlinked_output_is_refused_and_its_target_untouched(source, tmp_path, spelling):
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "keep.txt").write_text("mine")
+    (tmp_path / "out").symlink_to(real)
+    before = tree(real)
+    refuse(source, str(tmp_path / spelling), r"Output path .*out is a symbolic link; give the real directory",
+           overwrite=True)
+    assert tree(real) == before and (tmp_path / "out").is_symlink()
+
+
+def test_an_output_ending_in_dotdot_is_refused(source, tmp_path):
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    refuse(source, str(tmp_path / "link" / "sub" / ".."), r"does not name a folder", overwrite=True)
+
+
+def test_an_output_below_a_symlinked_folder_is_written_in_the_real_folder(source, tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    (tmp_path / "real" / "out").mkdir()
+    (tmp_path / "real" / "out" / "old.txt").write_text("old")
+    result = convert_checkpoint(source, tmp_path / "link" / "out", progress=False, overwrite=True)
+    assert result.output_dir == tmp_path.resolve() / "real" / "out"
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "real" / "out" / "config.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "real").iterdir()) == ["out"]  # no lock, staging or backup left
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dtype", "float8"], "argument --dtype: invalid choice: 'float8'"),
+    ([], "the following arguments are required: source, output_dir"),
+])
+def test_cli_usage_errors_are_one_line(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv if not argv or argv[0] != "--dtype" else ["src", "out", *argv])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ") and message in err

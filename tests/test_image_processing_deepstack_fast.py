@@ -123,7 +123,7 @@ def test_tensor_and_array_inputs_convert_like_pil():
         "uint8 HWC array": array,
         "float CHW tensor in [0, 1]": chw.float() / 255,
         "float HWC array in [0, 255]": array.astype(np.float32),
-        "RGBA tensor (alpha dropped)": torch.cat([chw, torch.full((1, 30, 45), 7, dtype=torch.uint8)]),
+        "opaque RGBA tensor": torch.cat([chw, torch.full((1, 30, 45), 255, dtype=torch.uint8)]),
     }
     for name, value in inputs.items():
         torch.testing.assert_close(processor(value)["pixel_values"], expected, rtol=0, atol=0, msg=name)
@@ -131,10 +131,12 @@ def test_tensor_and_array_inputs_convert_like_pil():
     torch.testing.assert_close(
         processor(torch.from_numpy(grey))["pixel_values"], processor(Image.fromarray(grey))["pixel_values"]
     )
+    # alpha is composited onto white (the transparency rule, tests/test_image_inputs.py): fully transparent is white
     grey_alpha = torch.stack([torch.from_numpy(grey), torch.zeros_like(torch.from_numpy(grey))])
-    torch.testing.assert_close(processor(grey_alpha)["pixel_values"], processor(Image.fromarray(grey))["pixel_values"])
-    with pytest.raises(ValueError, match=r"Float image values must lie in \[0, 1\]"):
-        processor(chw.float() * 3)
+    white = Image.new("RGB", image.size, (255, 255, 255))
+    torch.testing.assert_close(processor(grey_alpha)["pixel_values"], processor(white)["pixel_values"])
+    with pytest.raises(ValueError, match=r"Float image contains NaN"):
+        processor(chw.float() * float("nan"))
 
 
 def test_outputs_on_the_inputs_device_and_on_request():

@@ -270,3 +270,15 @@ def test_property_shapes_and_counts(processor, hd_processor, slow_encode, pieces
         for index, grid in enumerate(grids):  # the views past the image's own are padding
             assert not out["pixel_values"][index, num_views(grid, 4, hd) :].any()
         assert out["image_sizes"].tolist() == [[h, w] for w, h in sizes]
+
+
+def test_empty_per_sample_image_lists_are_a_text_only_batch(processor):
+    """What collators build for a text-only batch: one empty image list per sample."""
+    text = ["USER: hello ASSISTANT:", "USER: and you? ASSISTANT:"]
+    expected = processor(text=text, padding=True, return_tensors="np")
+    for images in ([[], []], [], ([], []), [[[]], []]):
+        out = processor(images=images, text=text, padding=True, return_tensors="np")
+        assert "pixel_values" not in out
+        np.testing.assert_array_equal(out["input_ids"], expected["input_ids"])
+    with pytest.raises(ValueError, match=r"Prompt 0 contains 1 <image> marker\(s\) but 0 image\(s\) were given"):
+        processor(images=[[], []], text=["USER: <image> hi", "USER: hi"])

@@ -227,3 +227,45 @@ def test_chat_matches_processor_chat_template(converted):
     gc.collect()
     assert list(output.prompt_token_ids) == expected[0]
     assert list(output.outputs[0].token_ids) == expected[1]
+
+
+def _transparent(width: int, height: int, seed: int, mode: str) -> Image.Image:
+    """Random colours under a random alpha (fully transparent and fully opaque pixels included)."""
+    rng = np.random.default_rng(seed)
+    alpha = rng.integers(0, 256, (height, width), dtype=np.uint8)
+    alpha[0, :2] = [0, 255]
+    colour = rng.integers(0, 256, (height, width, 3 if mode == "RGBA" else 1), dtype=np.uint8)
+    return Image.fromarray(np.dstack([colour, alpha]))  # 4 channels: RGBA, 2: LA
+
+
+def test_transparent_images_give_the_same_tokens_as_transformers(converted):
+    """One transparency rule: an RGBA / LA image, given as a PIL image (`generate`) or as a PNG data URL (`chat`),
+    gives vLLM the tokens Transformers' processor gives (both composite onto white; the original drops alpha)."""
+    from vllm import LLM, SamplingParams
+
+    repo = converted["plain"]
+    rgba, la = _transparent(100, 50, seed=5, mode="RGBA"), _transparent(40, 110, seed=6, mode="LA")
+    processor = AutoProcessor.from_pretrained(repo)
+    dropped = processor.image_processor(rgba.convert("RGB"))["pixel_values"]
+    assert not np.allclose(processor.image_processor(rgba)["pixel_values"], dropped)  # the rule changes the pixels
+    requests = [(QUESTION, [rgba]), (QUESTION, [la])]
+    expected = _transformers_generate(repo, requests)
+
+    buffer = io.BytesIO()
+    rgba.save(buffer, format="PNG")
+    url = "data:image/png;base64," + b64encode(buffer.getvalue()).decode()
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                             {"type": "text", "text": "Hi?"}]}]
+    hf_messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi?"}]}]
+    (chat_expected,) = _transformers_generate(
+        repo, [(processor.apply_chat_template(hf_messages, add_generation_prompt=True), [rgba])])
+
+    llm = LLM(model=repo, dtype="float32", max_model_len=2048, max_num_seqs=8, enforce_eager=True, seed=0,
+              limit_mm_per_prompt={"image": 1})
+    params = SamplingParams(max_tokens=MAX_NEW_TOKENS, temperature=0.0)
+    outputs = llm.generate([{"prompt": p, "multi_modal_data": {"image": images[0]}} for p, images in requests], params)
+    (chat,) = llm.chat(messages, params)
+    del llm
+    gc.collect()
+    assert [(list(out.prompt_token_ids), list(out.outputs[0].token_ids)) for out in outputs] == expected
+    assert (list(chat.prompt_token_ids), list(chat.outputs[0].token_ids)) == chat_expected

@@ -113,11 +113,39 @@ class DeepStackConfig(PreTrainedConfig):
         self.text_config = _build_sub_config(self.text_config, {"model_type": "llama"})
         super().__post_init__(**kwargs)
         check_num_crops(self.num_crops)  # bounds num_stacks before the default layer list is built from it
-        self._resolve_vision_stack_fields()
+        self._fill_defaults()
+        self.validate_deepstack_fields()
+
+    def _fill_defaults(self):
+        """The fields left `None` that follow from the others: the stack layers, the square grid and DeepStack-V's
+        split layer and extra layers (contradictions are left to [`validate_deepstack_fields`])."""
+        if self.deepstack_variant == "V":
+            self.square_grid = True if self.square_grid is None else self.square_grid
+            self.deepstack_layers = [] if self.deepstack_layers is None else self.deepstack_layers
+            if self.vision_split_layer is None:
+                self.vision_split_layer = self.vision_config.num_hidden_layers // 2
+            if self.vision_post_layers is None and isinstance(self.vision_split_layer, int):
+                self.vision_post_layers = 5 if self.vision_split_layer >= self.vision_config.num_hidden_layers else 0
         if self.deepstack_layers is None:
             self.deepstack_layers = list(range(1, 1 + self.num_stacks))
         self.deepstack_layers = [int(layer) for layer in self.deepstack_layers]
+        if self.square_grid is None:
+            self.square_grid = False
+
+    def validate_deepstack_fields(self):
+        """`ValueError` naming the field unless every DeepStack field is consistent with the others and with the
+        sub-configs.
+
+        Runs at construction, again in `validate()` (which `save_pretrained` calls: `@strict` collects every
+        `validate_*` method) and at the start of every model forward, so that a field changed after construction
+        (`config.deepstack_layers = [1, 1, 2, 3]`) is refused where it would be used, not silently applied.
+        """
+        for name in ("vision_config", "text_config"):
+            if not isinstance(getattr(self, name), PreTrainedConfig):
+                raise ValueError(f"{name} must be a config object, got {type(getattr(self, name)).__name__}.")
+        check_num_crops(self.num_crops)
         self._check_vision_fields()
+        self._check_variant_fields()
         self._check_stack_fields()
         self._check_grid_fields()
 
@@ -168,12 +196,13 @@ class DeepStackConfig(PreTrainedConfig):
             raise ValueError(f"Unknown projector_hidden_act {self.projector_hidden_act!r}.")
 
     def _check_stack_fields(self):
-        check_num_crops(self.num_crops)
         if self.stack_sampling not in ("2d", "1d", "grid"):
             raise ValueError(f"Unknown stack_sampling {self.stack_sampling!r}; expected '2d', '1d' or 'grid'.")
         if self.hd_layout and self.stack_sampling != "2d":
             raise ValueError(f"stack_sampling={self.stack_sampling!r} is not defined for hd_layout=True; use '2d'.")
         layers = self.deepstack_layers
+        if not isinstance(layers, list):
+            raise ValueError(f"deepstack_layers must be a list of decoder layers, got {short_repr(layers)}.")
         if len(layers) != self.num_stacks:
             raise ValueError(
                 f"deepstack_layers={short_repr(layers)} has {len(layers)} entries but the model builds {self.num_stacks} stacks "
@@ -185,32 +214,25 @@ class DeepStackConfig(PreTrainedConfig):
         if any(later <= earlier for earlier, later in zip(layers, layers[1:])):
             raise ValueError(f"deepstack_layers={short_repr(layers)} must be strictly increasing.")
 
-    def _resolve_vision_stack_fields(self):
-        """DeepStack-V defaults (split layer `L // 2`, extra layers, square grid, no decoder stacks) and checks."""
+    def _check_variant_fields(self):
+        """DeepStack-V's fields (split layer, extra layers, square grid, no decoder stacks), or their absence."""
         if self.deepstack_variant == "L":
             for name in ("vision_split_layer", "vision_post_layers"):
                 if getattr(self, name) is not None:
                     raise ValueError(f"{name} is a DeepStack-V field; set deepstack_variant='V' to use it.")
             return
-        tower_depth = self.vision_config.num_hidden_layers
         if self.hd_layout:
             raise ValueError("DeepStack-V (deepstack_variant='V') is only defined for the plain layout: hd_layout=False.")
         if self.stack_sampling != "2d":
             raise ValueError(f"DeepStack-V draws its stacks with '2d' sampling, got stack_sampling={self.stack_sampling!r}.")
-        if self.square_grid is False:
+        if self.square_grid is not True:
             raise ValueError("DeepStack-V needs square_grid=True: its stacks are drawn from a square mosaic of crops.")
-        self.square_grid = True
         if self.deepstack_layers:
-            raise ValueError(f"DeepStack-V adds no stacks to the decoder, got deepstack_layers={self.deepstack_layers}.")
-        self.deepstack_layers = []
-        if self.vision_split_layer is None:
-            self.vision_split_layer = tower_depth // 2
-        if self.vision_split_layer < 0:
-            raise ValueError(f"vision_split_layer must be at least 0, got {self.vision_split_layer}.")
-        if self.vision_post_layers is None:
-            self.vision_post_layers = 5 if self.vision_split_layer >= tower_depth else 0
-        if self.vision_post_layers < 0:
-            raise ValueError(f"vision_post_layers must be at least 0, got {self.vision_post_layers}.")
+            raise ValueError(f"DeepStack-V adds no stacks to the decoder, got deepstack_layers={short_repr(self.deepstack_layers)}.")
+        for name in ("vision_split_layer", "vision_post_layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer of at least 0, got {short_repr(value)}.")
         if self.vision_post_layers and self.vision_feature_layer != -1:
             raise ValueError(
                 f"With vision_post_layers={self.vision_post_layers} the projector reads the last extra layer's output: "
@@ -218,8 +240,8 @@ class DeepStackConfig(PreTrainedConfig):
             )
 
     def _check_grid_fields(self):
-        if self.square_grid is None:
-            self.square_grid = False
+        if not isinstance(self.square_grid, bool):
+            raise ValueError(f"square_grid must be True or False, got {short_repr(self.square_grid)}.")
         if self.square_grid:
             square_grid_for(self.num_crops)
 

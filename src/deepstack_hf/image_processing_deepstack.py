@@ -21,23 +21,18 @@ that are checked once per setting against the reference arithmetic on all 256 by
 only on the channel and the byte), falling back to a lookup table where they would differ.
 
 :class:`DeepStackImageProcessingMixin` holds what both backends share: settings, the crop grid (one method,
-:meth:`~DeepStackImageProcessingMixin.get_image_grid`), the view plan, token counts and input handling (paths,
-URLs, EXIF orientation, modes); ``image_processing_deepstack_fast`` is the torch backend.
+:meth:`~DeepStackImageProcessingMixin.get_image_grid`), the view plan, token counts and input handling (the rules
+that turn any input into 8-bit RGB live in :mod:`.image_inputs`); ``image_processing_deepstack_fast`` is the torch
+backend.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import os
-import warnings
 from functools import lru_cache
-from io import BytesIO
 
 import numpy as np
 import torch
-from huggingface_hub.utils import httpx  # the HTTP client Transformers' load_image uses
-from PIL import ExifTags, Image, ImageOps
+from PIL import Image
 
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
@@ -48,20 +43,13 @@ from transformers.image_utils import (
     ImageInput,
     PILImageResampling,
     SizeDict,
-    infer_channel_dimension_format,
     is_valid_image,
 )
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import TensorType
 
 from .grid_layout import hd_upsample_factor, image_grid, num_image_tokens, num_views
-
-
-# Seconds an image URL may take to answer before the download fails with a clear error.
-URL_TIMEOUT_S = 60.0
-
-# PIL modes whose pixels ``convert("RGB")`` clips to [0, 255] (16- and 32-bit integers, 32-bit floats).
-_WIDE_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+from .image_inputs import is_rescaled_input, open_image, to_rgb
 
 
 class DeepStackImageProcessorKwargs(ImagesKwargs, total=False):
@@ -99,116 +87,6 @@ def _flatten_images(images) -> list:
     raise ValueError(
         f"Unsupported image type {type(images).__name__}: pass PIL images, NumPy arrays, torch tensors, paths or URLs."
     )
-
-
-def _array_to_uint8(array: np.ndarray) -> np.ndarray:
-    """Cast pixel values to uint8: floats in [0, 1] are scaled by 255, floats or integers in [0, 255] are kept."""
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == np.bool_:
-        return array.astype(np.uint8) * 255
-    if np.issubdtype(array.dtype, np.integer):
-        if array.size and (array.min() < 0 or array.max() > 255):
-            raise ValueError(
-                f"Integer image values must lie in [0, 255], got [{array.min()}, {array.max()}] ({array.dtype}); "
-                "convert the image to uint8 (or to a PIL image) first."
-            )
-        return array.astype(np.uint8)
-    if np.issubdtype(array.dtype, np.floating):
-        array = array.astype(np.float64)
-        if not np.isfinite(array).all():
-            raise ValueError("Float image contains NaN or infinite values.")
-        low, high = float(array.min()), float(array.max())
-        if low >= 0.0 and high <= 1.0:
-            array = array * 255.0
-        elif low < 0.0 or high > 255.0:
-            raise ValueError(
-                f"Float image values must lie in [0, 1] (rescaled) or [0, 255], got [{low}, {high}]."
-            )
-        return np.round(array).astype(np.uint8)
-    raise ValueError(f"Unsupported image dtype {array.dtype}.")
-
-
-def channels_last(image, input_data_format: str | ChannelDimension | None = None):
-    """``(H, W, C)`` view of an ``(H, W)``, ``(H, W, C)`` or ``(C, H, W)`` array or tensor with ``C`` in 1..4."""
-    if image.ndim == 2:
-        image = image[:, :, None]
-    elif image.ndim == 3:
-        if input_data_format is None:
-            try:
-                input_data_format = infer_channel_dimension_format(image, num_channels=(1, 2, 3, 4))
-            except ValueError as error:
-                raise ValueError(f"Cannot tell the channel axis of an image of shape {tuple(image.shape)}.") from error
-        if ChannelDimension(input_data_format) == ChannelDimension.FIRST:
-            image = image.permute(1, 2, 0) if hasattr(image, "permute") else np.moveaxis(image, 0, -1)
-    else:
-        raise ValueError(f"An image array must have shape (H, W), (H, W, C) or (C, H, W), got {tuple(image.shape)}.")
-    height, width, channels = image.shape
-    if height < 1 or width < 1:
-        raise ValueError(f"Image size must be at least 1x1 pixels, got shape {tuple(image.shape)}.")
-    if channels not in (1, 2, 3, 4):
-        raise ValueError(f"An image must have 1, 2, 3 or 4 channels, got {channels}.")
-    return image
-
-
-def _open_image(source: str) -> Image.Image:
-    """A lazily decoded PIL image from a local path, an http(s) URL or a base64 string / data URI.
-
-    Adapted from ``transformers.image_utils.load_image``, minus its ``exif_transpose`` and ``convert("RGB")``:
-    both happen later, in :meth:`DeepStackImageProcessingMixin.to_rgb_pil`, for every input alike.
-    """
-    if source.startswith(("http://", "https://")):
-        try:
-            response = httpx.get(source, timeout=URL_TIMEOUT_S, follow_redirects=True)
-            response.raise_for_status()
-        except httpx.HTTPError as error:
-            raise ValueError(f"Could not download the image {source!r}: {error}") from error
-        return Image.open(BytesIO(response.content))
-    if os.path.isfile(source):
-        return Image.open(source)
-    data = source.split(",", 1)[1] if source.startswith("data:image/") else source
-    try:
-        return Image.open(BytesIO(base64.b64decode(data, validate=True)))
-    except (binascii.Error, ValueError) as error:
-        raise ValueError(
-            f"Incorrect image source {source[:80]!r}: not an existing file, an http(s) URL or a base64 string."
-        ) from error
-
-
-def apply_exif_orientation(image: Image.Image) -> Image.Image:
-    """The image as it is meant to be seen: rotated / flipped by its EXIF orientation tag, if it has one.
-
-    Transformers' ``load_image`` does this for paths and URLs (and so do pipelines and chat templates); this
-    port does it for every input, opened images included, so one photo gives one set of pixels whatever the
-    route. The original code (``Image.open(path).convert("RGB")``) ignores the tag: for a photo carrying an
-    orientation other than 1 its pixels are the stored, un-rotated ones (docs/image_processing.md, "Inputs").
-    """
-    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
-    if orientation in (2, 3, 4, 5, 6, 7, 8):
-        return ImageOps.exif_transpose(image)
-    return image
-
-
-def _warn_if_clipped(image: Image.Image) -> None:
-    """Warn when ``convert("RGB")`` of a 16-bit, 32-bit or float PIL image changes what its values mean."""
-    if image.mode not in _WIDE_MODES:
-        return
-    low, high = image.getextrema()
-    if image.mode == "F" and 0.0 <= low and high <= 1.0 and high > 0.0:
-        warnings.warn(
-            f"Float image (mode F) with values in [{low:g}, {high:g}]: convert('RGB') reads them as 8-bit levels, "
-            "so it becomes (almost) black. Multiply it by 255 (or pass an array) if it holds values in [0, 1].",
-            UserWarning,
-            stacklevel=4,
-        )
-    elif low < 0 or high > 255:
-        warnings.warn(
-            f"Image of mode {image.mode} with values in [{low:g}, {high:g}]: convert('RGB') clips them to "
-            "[0, 255] (as the original's Image.open(...).convert('RGB') does), so everything above 255 becomes "
-            "white. Scale it to 8 bits first (e.g. divide a 16-bit image by 257) to keep its contrast.",
-            UserWarning,
-            stacklevel=4,
-        )
 
 
 def view_plan(grid: tuple[int, int], num_crops: int, hd_layout: bool) -> list[tuple[int, int, int]]:
@@ -425,7 +303,7 @@ class DeepStackImageProcessingMixin:
             return [self.fetch_images(item) for item in image_url_or_urls]
         if isinstance(image_url_or_urls, str):
             try:
-                return _open_image(image_url_or_urls)
+                return open_image(image_url_or_urls)
             except (OSError, SyntaxError) as error:  # PIL.UnidentifiedImageError is an OSError
                 raise ValueError(f"Could not read the image: {error}") from error
         if is_valid_image(image_url_or_urls):
@@ -442,38 +320,19 @@ class DeepStackImageProcessingMixin:
             raise ValueError("No images were given.")
         return flat
 
-    def to_rgb_pil(
-        self,
-        image,
-        input_data_format: str | ChannelDimension | None = None,
-        do_convert_rgb: bool = True,
-    ) -> Image.Image:
-        """One input image as an upright ``RGB`` PIL image (EXIF orientation applied, then ``convert("RGB")``)."""
-        if not isinstance(image, Image.Image):
-            image = self._array_to_pil(image, input_data_format)
-        if image.mode != "RGB" and not do_convert_rgb:
-            raise ValueError(f"Image mode is {image.mode!r} but do_convert_rgb=False; the views must be RGB.")
-        try:
-            image = apply_exif_orientation(image)
-            _warn_if_clipped(image)
-            image = image.convert("RGB")  # also forces a lazy PIL image to load: corrupt data fails here
-        except (OSError, SyntaxError, ValueError) as error:
-            raise ValueError(f"Could not decode the image ({image.mode} {image.size}): {error}") from error
-        width, height = image.size
-        if width < 1 or height < 1:
-            raise ValueError(f"Image size must be at least 1x1 pixels, got {width}x{height}.")
-        return image
-
     @staticmethod
-    def _array_to_pil(image, input_data_format: str | ChannelDimension | None) -> Image.Image:
-        if hasattr(image, "detach"):  # torch.Tensor
-            image = image.detach().cpu().numpy()
-        array = np.ascontiguousarray(_array_to_uint8(channels_last(np.asarray(image), input_data_format)))
-        return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    def normalisers(rescaled_inputs, do_rescale, rescale_factor, do_normalize, mean, std) -> list:
+        """Each image's normaliser: ``do_rescale`` / ``rescale_factor`` as given, except that with
+        ``do_rescale=False`` an input that already holds rescaled values ([`is_rescaled_input`]: floats in
+        [0, 1], read as levels ``round(255 x)``) gets its levels divided by 255 back to the values given, as
+        Transformers' CLIP processor keeps them."""
+        given = _normaliser(bool(do_rescale), float(rescale_factor or 0.0), bool(do_normalize), mean, std)
+        rescaled = given if do_rescale else _normaliser(True, 1 / 255, bool(do_normalize), mean, std)
+        return [rescaled if flag else given for flag in rescaled_inputs]
 
     def _preprocess_image_like_inputs(self, images: ImageInput, *args, **kwargs) -> BatchFeature:
         images = self._prepare_images_structure(images)
-        return self._preprocess(images, *args, **kwargs)
+        return self._preprocess(images, *args, rescaled_inputs=[is_rescaled_input(image) for image in images], **kwargs)
 
 
 class DeepStackImageProcessor(DeepStackImageProcessingMixin, PilBackend):
@@ -490,14 +349,14 @@ class DeepStackImageProcessor(DeepStackImageProcessingMixin, PilBackend):
     - `num_image_tokens`: int64 `(num_images,)`, the visual tokens each image occupies in the prompt, from the
       crop grid its views were cut with (what the processor expands each `<image>` marker to).
 
-    Inputs may be PIL images of any mode, NumPy arrays or torch tensors (`(H, W)`, `(H, W, C)` or `(C, H, W)`
-    with `C` in 1, 2, 3, 4; uint8, integer values in [0, 255], floats in [0, 1] or [0, 255]), paths, URLs or
-    base64 strings, single, in a list or nested one list per prompt. A PIL image is first turned upright by its
-    EXIF orientation tag (as Transformers' `load_image` does for paths; the original does not, see
-    [`apply_exif_orientation`]), then converted with `PIL.Image.convert("RGB")`, as the original does
-    (`Image.open(...).convert("RGB")`): alpha is dropped, not composited; 16-bit, 32-bit and float levels are
-    clipped to [0, 255] by Pillow, with a warning when that changes the image. Array inputs are turned into
-    PIL images first (2 channels: `LA`; 4 channels: `RGBA`). Unreadable, truncated or corrupt images raise
+    Inputs may be PIL images of any mode, NumPy arrays or torch tensors of any real dtype (`(H, W)`, `(H, W, C)`
+    or `(C, H, W)` with `C` in 1, 2, 3, 4), paths, URLs (bounded downloads, `media_fetch`) or base64 strings,
+    single, in a list or nested one list per prompt. Each becomes an upright 8-bit RGB image by the rules of
+    [`deepstack_hf.image_inputs`] (docs/image_processing.md, "Inputs"): EXIF orientation applied; alpha and
+    transparency keys composited onto white (vLLM's rule; the original drops alpha); 16- and 32-bit integers
+    rescaled to 8 bits (the original clips them); floats with a maximum of at most 1 read as [0, 1] values
+    (never rescaled twice: with `do_rescale=False` their views hold the values given), other floats as [0, 255]
+    levels, out-of-range floats clipped with a warning. Unreadable, corrupt or unacceptable inputs raise
     `ValueError`.
 
     Args:
@@ -551,14 +410,16 @@ class DeepStackImageProcessor(DeepStackImageProcessingMixin, PilBackend):
         patch_size: int | None = None,
         do_convert_rgb: bool | None = True,
         input_data_format: str | ChannelDimension | None = None,
+        rescaled_inputs: list[bool] | None = None,
         **kwargs,
     ) -> BatchFeature:
         crop = self._check_settings(crop_size, num_crops)
         mean, std = self._check_normalisation(do_normalize, image_mean, image_std)
-        normalise = _normaliser(bool(do_rescale), float(rescale_factor or 0.0), bool(do_normalize), mean, std)
+        rescaled_inputs = rescaled_inputs or [False] * len(images)
+        normalisers = self.normalisers(rescaled_inputs, do_rescale, rescale_factor, do_normalize, mean, std)
         resample = PILImageResampling(resample) if resample is not None else PILImageResampling.BICUBIC
 
-        rgb_images = [self.to_rgb_pil(image, input_data_format, do_convert_rgb is not False) for image in images]
+        rgb_images = [to_rgb(image, input_data_format, do_convert_rgb is not False) for image in images]
         sizes = [(rgb.height, rgb.width) for rgb in rgb_images]
         grids = self.image_grids(sizes, num_crops, square_grid, crop)
         plans = [view_plan(grids[size], int(num_crops), bool(hd_layout)) for size in sizes]
@@ -568,7 +429,7 @@ class DeepStackImageProcessor(DeepStackImageProcessingMixin, PilBackend):
             outputs = [pixel_values[index, :count] for index, count in enumerate(counts)]
         else:
             pixel_values = outputs = [np.empty((count, 3, crop, crop), dtype=np.float32) for count in counts]
-        for rgb, plan, out in zip(rgb_images, plans, outputs):
+        for rgb, plan, out, normalise in zip(rgb_images, plans, outputs, normalisers, strict=True):
             self.write_views(rgb, out, plan, crop, resample, normalise)
 
         data = {

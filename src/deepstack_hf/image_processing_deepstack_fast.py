@@ -22,13 +22,11 @@ from transformers.image_utils import ChannelDimension, ImageInput, PILImageResam
 from transformers.processing_utils import Unpack
 from transformers.utils import TensorType, is_torchvision_available
 
+from .image_inputs import channels_last, is_rescaled_input, to_rgb
 from .image_processing_deepstack import (
     DeepStackImageProcessingMixin,
     DeepStackImageProcessorKwargs,
-    _array_to_uint8,
-    _normaliser,
     block_order,
-    channels_last,
     view_plan,
 )
 from .grid_layout import num_views
@@ -132,20 +130,20 @@ class DeepStackImageProcessorFast(DeepStackImageProcessingMixin, TorchBackend):
         input_data_format: str | ChannelDimension | None = None,
         device: torch.device | str | None = None,
     ) -> torch.Tensor:
-        """One input image as an RGB uint8 tensor ``(3, H, W)`` on ``device`` (default: where it already is)."""
-        if not torch.is_tensor(image):
-            rgb = self.to_rgb_pil(image, input_data_format, do_convert_rgb is not False)
-            image = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
-            return image if device is None else image.to(device)
-        pixels = channels_last(image.detach(), input_data_format)
-        if pixels.dtype != torch.uint8:  # the exact path's value rules, on CPU (rare: float or wide-int tensors)
-            pixels = torch.from_numpy(_array_to_uint8(pixels.cpu().numpy())).to(image.device)
-        channels = pixels.shape[-1]
-        if channels != 3 and do_convert_rgb is False:
-            raise ValueError(f"Image has {channels} channels but do_convert_rgb=False; the views must be RGB.")
-        # convert("RGB") of L / LA / RGBA: the grey level three times, alpha dropped
-        pixels = pixels[..., :1].expand(-1, -1, 3) if channels in (1, 2) else pixels[..., :3]
-        pixels = pixels.permute(2, 0, 1).contiguous()
+        """One input image as an RGB uint8 tensor ``(3, H, W)`` on ``device`` (default: where it already is).
+
+        A uint8 tensor with 1 or 3 channels stays on its device; every other input (PIL, NumPy, other dtypes, an
+        alpha channel) goes through the exact path's rules ([`~deepstack_hf.image_inputs.to_rgb`]) on CPU."""
+        if torch.is_tensor(image):
+            pixels = channels_last(image.detach(), input_data_format)
+            if pixels.dtype == torch.uint8 and pixels.shape[-1] in (1, 3):
+                if pixels.shape[-1] != 3 and do_convert_rgb is False:
+                    raise ValueError("Image has 1 channel but do_convert_rgb=False; the views must be RGB.")
+                pixels = pixels.expand(-1, -1, 3).permute(2, 0, 1).contiguous()  # grey: the level three times
+                return pixels if device is None else pixels.to(device)
+            device = image.device if device is None else device
+        rgb = to_rgb(image, input_data_format, do_convert_rgb is not False)
+        pixels = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)
         return pixels if device is None else pixels.to(device)
 
     def _preprocess_image_like_inputs(self, images: ImageInput, *args, device=None, **kwargs) -> BatchFeature:
@@ -154,8 +152,9 @@ class DeepStackImageProcessorFast(DeepStackImageProcessingMixin, TorchBackend):
             device = next((image.device for image in flat if torch.is_tensor(image)), torch.device("cpu"))
         input_data_format = kwargs.get("input_data_format")
         do_convert_rgb = kwargs.get("do_convert_rgb")
+        rescaled_inputs = [is_rescaled_input(image) for image in flat]
         tensors = [self.process_image(image, do_convert_rgb, input_data_format, device) for image in flat]
-        return self._preprocess(tensors, *args, **kwargs)
+        return self._preprocess(tensors, *args, rescaled_inputs=rescaled_inputs, **kwargs)
 
     def write_views(self, stack: torch.Tensor, outputs: list[torch.Tensor], plan, crop: int, resample) -> None:
         """Write the views of same-size images ``(N, 3, H, W)`` (uint8) into their float32 ``(num_views, 3, S, S)``
@@ -186,11 +185,13 @@ class DeepStackImageProcessorFast(DeepStackImageProcessingMixin, TorchBackend):
         square_grid: bool | None = None,
         patch_size: int | None = None,
         disable_grouping: bool | None = None,
+        rescaled_inputs: list[bool] | None = None,
         **kwargs,
     ) -> BatchFeature:
         crop = self._check_settings(crop_size, num_crops)
         mean, std = self._check_normalisation(do_normalize, image_mean, image_std)
-        normaliser = _normaliser(bool(do_rescale), float(rescale_factor or 0.0), bool(do_normalize), mean, std)
+        rescaled_inputs = rescaled_inputs or [False] * len(images)
+        normalisers = self.normalisers(rescaled_inputs, do_rescale, rescale_factor, do_normalize, mean, std)
         resample = PILImageResampling(resample) if resample is not None else PILImageResampling.BICUBIC
         if resample not in _TORCH_MODES:
             raise ValueError(
@@ -217,7 +218,7 @@ class DeepStackImageProcessorFast(DeepStackImageProcessingMixin, TorchBackend):
         for shape, stack in grouped.items():
             plan = view_plan(grids[tuple(stack.shape[-2:])], int(num_crops), bool(hd_layout))
             self.write_views(stack, members[shape], plan, crop, resample)
-        for out in outputs:
+        for out, normaliser in zip(outputs, normalisers, strict=True):
             normaliser.on_tensor(out)
 
         image_sizes = torch.tensor(sizes, dtype=torch.int64, device=device)

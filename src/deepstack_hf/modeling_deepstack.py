@@ -376,6 +376,7 @@ class DeepStackModel(DeepStackPreTrainedModel):
         Returns:
             [`DeepStackModelOutputWithPast`] with `last_hidden_state` `(batch_size, seq_len, hidden_size)`.
         """
+        self.config.validate_deepstack_fields()  # fields changed after construction are refused here, not applied
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if pixel_values is not None and mm_encoder_outputs is not None:

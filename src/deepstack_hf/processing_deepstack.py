@@ -26,7 +26,8 @@ if is_torch_available():
 
 
 def _is_empty(value) -> bool:
-    return value is None or (isinstance(value, (list, tuple)) and len(value) == 0)
+    """`None`, or lists / tuples (nested or not) holding nothing: `images=[[], []]` is a text-only batch."""
+    return value is None or (isinstance(value, (list, tuple)) and all(_is_empty(item) for item in value))
 
 
 class DeepStackProcessor(ProcessorMixin):
@@ -87,13 +88,13 @@ class DeepStackProcessor(ProcessorMixin):
         return super().__call__(images=images, text=text, **kwargs)
 
     def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
-        """Text as a list; images fetched, checked prompt by prompt when given one list per prompt, and flattened."""
-        if _is_empty(images):
-            images = None
-        images, text, _, _ = super().prepare_inputs_layout(images=images, text=text, **kwargs)
+        """Text as a list; images fetched, checked prompt by prompt when given one list per prompt, and flattened
+        (`None` when they hold no image at all, e.g. `[[], []]`: a text-only batch)."""
+        empty, given = _is_empty(images), images
+        images, text, _, _ = super().prepare_inputs_layout(images=None if empty else images, text=text, **kwargs)
+        if text is not None and given is not None:  # empty lists per prompt still meet that prompt's markers
+            self._check_images_per_prompt(text, given if empty else images)
         if images is not None:
-            if text is not None:
-                self._check_images_per_prompt(text, images)
             images = _flatten_images(images)
         return images, text, None, None
 

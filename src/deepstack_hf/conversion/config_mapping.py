@@ -315,6 +315,9 @@ def vision_stack_config_fields(settings: OriginalSettings, vision_config: dict) 
 
 
 def _rope_scaling(config: dict, text_model_type: str):
+    """The decoder's `rope_scaling`: Phi-3's `su` / `longrope`, or a RoPE type Transformers implements (Llama)."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
     scaling = config.get("rope_scaling")
     if not scaling:
         return None
@@ -325,7 +328,10 @@ def _rope_scaling(config: dict, text_model_type: str):
             scaling.pop("type", None)
             scaling["rope_type"] = "longrope"
             return scaling
-        raise ConversionError(f"Phi-3 rope_scaling type {kind!r} is not supported (only 'su'/'longrope').")
+        raise ConversionError(f"Phi-3 rope_scaling type {kind!r:.60} is not supported (only 'su'/'longrope').")
+    known = ["default", *sorted(ROPE_INIT_FUNCTIONS)]
+    if kind not in known:
+        raise ConversionError(f"rope_scaling type {kind!r:.60} is not supported; expected one of {', '.join(known)}.")
     return scaling
 
 

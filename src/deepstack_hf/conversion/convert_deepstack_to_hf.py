@@ -39,11 +39,11 @@ import torch
 
 from .config_bounds import check_original_config, check_select_layer
 from .config_mapping import OriginalSettings, build_deepstack_config, read_original_settings
-from .errors import ConversionError
+from .errors import ConversionError, os_error_reason
 from .model_card import CardInfo, render_model_card
 from .output_claim import OutputClaim
 from .remote_code import write_remote_code
-from .source_checkpoint import SourceCheckpoint, SourceFolder, load_source_checkpoint, looks_like_hub_id
+from .source_checkpoint import SourceCheckpoint, SourceFolder, load_source_checkpoint
 from .streaming_safetensors import (
     FLOAT_DTYPES,
     SAFETENSORS_DTYPES,
@@ -241,7 +241,10 @@ def plan_conversion(source: str | os.PathLike, options: ConversionOptions, card_
     checkpoint = load_source_checkpoint(source)
     check_original_config(checkpoint.config)
     settings = read_original_settings(checkpoint.config, options.vision_tower)
-    tower = load_vision_tower(settings.vision_tower)
+    named_by = None  # the tower the user gave, or the one a local checkpoint names
+    if checkpoint.from_hub and not options.vision_tower:
+        named_by = "mm_vision_tower" if checkpoint.config.get("mm_vision_tower") else "vision_tower"
+    tower = load_vision_tower(settings.vision_tower, named_by)
     check_select_layer(settings.select_layer, tower.vision_config["num_hidden_layers"])
     if options.vision_weights == "auto":
         use_checkpoint_vision = settings.unfreeze_vision_tower
@@ -281,19 +284,22 @@ def plan_conversion(source: str | os.PathLike, options: ConversionOptions, card_
         )
     except ConversionError:
         raise
-    except (TypeError, ValueError) as error:  # DeepStackConfig's own validation
+    except (KeyError, TypeError, ValueError) as error:  # DeepStackConfig's and its sub-configs' own validation
         raise ConversionError(f"config.json gives an invalid DeepStack config: {str(error)[:300]}") from None
     target = SAFETENSORS_DTYPES[DTYPE_CHOICES[dtype_name]]
     planned = plan_tensors(checkpoint.tensors, tower_tensors, settings.projector_type, settings.hd_layout, target, vocab_rows)
-    expected = _expected_model_shapes(config)
+    try:
+        expected = _expected_model_shapes(config)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as error:  # values the configs accept with a warning
+        raise ConversionError(f"config.json gives a model that cannot be built: {type(error).__name__}: "
+                              f"{str(error)[:300]}") from None
     adapt_vision_names(planned, expected)
     check_against_model(planned, expected, tied=settings.tie_word_embeddings)
     shards = plan_shards(planned, parse_size(options.max_shard_size))
 
-    source_id = str(source) if looks_like_hub_id(str(source)) and not Path(source).exists() else None
     card = CardInfo(
         repo_id=card_repo_id,
-        source=source_id,
+        source=str(source) if checkpoint.from_hub else None,
         llm="Phi-3" if settings.text_model_type == "phi3" else "Vicuna / Llama",
         hd=settings.hd_layout,
         template=settings.template,
@@ -305,7 +311,7 @@ def plan_conversion(source: str | os.PathLike, options: ConversionOptions, card_
         vision_weights=(
             "the checkpoint's own copy (`model.vision_tower.vision_tower.*`)"
             if use_checkpoint_vision
-            else f"`{settings.vision_tower}` (`vision_model.*`)"
+            else f"{tower.card_name} (`vision_model.*`)"
         ),
     )
     return ConversionPlan(checkpoint, settings, tower, use_checkpoint_vision, tokenizer_info, vocab_rows, suppress,
@@ -370,7 +376,7 @@ def convert_checkpoint(
     verified); see `output_claim`. `push_to_hub` / `dry_run` / `private`: upload the result (or only list it).
     """
     options = ConversionOptions(**options)
-    output_dir = Path(output_dir).expanduser().absolute()
+    output_dir = OutputClaim.output_path(output_dir)
     OutputClaim.check_output(output_dir, options.overwrite)  # fail fast, before any download
     plan = plan_conversion(source, options, options.card_repo_id or push_to_hub or output_dir.name)
     protected = {"the source checkpoint": SourceFolder.of(plan.checkpoint.directory).root,
@@ -538,8 +544,15 @@ def _compare_with_reference(model, processor, image, question, prompt, ref_ids, 
 
 
 # ------------------------------------------------------------------------------------------------ CLI
+class OneLineErrorParser(argparse.ArgumentParser):
+    """`argparse` whose usage errors are one `error:` line on stderr (exit status 2), like every other refusal."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="deepstack-convert",
         description="Convert an original DeepStack checkpoint (Hub id or directory) to a Transformers repository.",
     )
@@ -608,6 +621,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ConversionError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # the disk or the network failed while writing or uploading: one line too
+        print(f"error: {os_error_reason(error)}", file=sys.stderr)
         return 1
     if not args.quiet:
         print(f"Converted {args.source} -> {result.output_dir} ({len(result.files)} files)")

@@ -13,6 +13,12 @@ class ConversionError(ValueError):
     """
 
 
+def os_error_reason(error: OSError) -> str:
+    """One line for an `OSError`: what failed and on which path (no traceback, no errno number)."""
+    where = f" ({error.filename})" if error.filename else ""
+    return f"{error.strerror or type(error).__name__}{where}"
+
+
 def parse_json(raw: bytes, what: str, **json_options):
     """`json.loads` of untrusted bytes; any failure is a one-line `ConversionError` about `what` that never quotes
     the text (json's own messages give a position only)."""
@@ -26,4 +32,4 @@ def parse_json(raw: bytes, what: str, **json_options):
         raise ConversionError(f"{what} does not parse: {error}.") from None
 
 
-__all__ = ["ConversionError", "parse_json", "short_repr"]
+__all__ = ["ConversionError", "os_error_reason", "parse_json", "short_repr"]

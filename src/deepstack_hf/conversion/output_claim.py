@@ -4,7 +4,10 @@
         ... write everything into claim.staging ...
         claim.publish()
 
-* `acquire` refuses an output that is a symlink or a file, a non-empty one without `overwrite`, and, with
+* `output_path` fixes the output once: its parent resolved (symbolic links in the parents are followed once, so
+  every later step works in the real folder), its own name kept; `..` as the last component is refused.
+* `acquire` refuses an output that is a symlink or a file, or lies below a file, a non-empty one without
+  `overwrite`, and, with
   `overwrite`, one that is, contains or lies inside a protected folder (the source, the vision tower) or that is
   or contains the current directory. It takes a lock file `.<name>.lock` beside the output (`O_EXCL`: a second conversion to the same
   output fails at once, naming the running one), removes the staging folders of conversions that were killed
@@ -15,6 +18,8 @@
   compared with what it held when claimed (refused if anything changed), moved aside, and deleted only if it
   still holds exactly what was claimed. The published folder gets the permissions of the user's umask.
 * Leaving the block without publishing (an error, Ctrl-C) removes the staging folder; the lock always goes.
+* Every refusal and every failure to create the lock or the staging folder (a read-only or unwritable folder) is a
+  one-line `ConversionError`.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import ConversionError
+from .errors import ConversionError, os_error_reason
 
 logger = logging.getLogger("deepstack_hf.conversion")
 
@@ -80,28 +85,45 @@ class OutputClaim:
 
     @classmethod
     def acquire(cls, output_dir: str | os.PathLike, overwrite: bool, protected: dict[str, Path]) -> OutputClaim:
-        output = Path(output_dir).expanduser().absolute()
+        output = cls.output_path(output_dir)
         cls.check_output(output, overwrite)
         if overwrite:  # without it, an output that is or contains a protected folder is non-empty, so refused
             check_not_overlapping(output, protected)
         claimed = _listing(output) if output.is_dir() else None
-        output.parent.mkdir(parents=True, exist_ok=True)
         lock = output.parent / f".{output.name}.lock"
-        cls._take_lock(lock, output)
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            cls._take_lock(lock, output)
+        except OSError as error:
+            raise ConversionError(f"Cannot write the output {output}: {os_error_reason(error)}.") from None
         try:
             cls._clean_leftovers(output)
             return cls(output, overwrite, lock, claimed)
+        except OSError as error:
+            lock.unlink(missing_ok=True)
+            raise ConversionError(f"Cannot write the output {output}: {os_error_reason(error)}.") from None
         except BaseException:
             lock.unlink(missing_ok=True)
             raise
 
     @staticmethod
+    def output_path(output_dir: str | os.PathLike) -> Path:
+        """The absolute output path, its parent resolved (no symbolic link or `..` left above the output itself)."""
+        output = Path(output_dir).expanduser().absolute()
+        if output.name in ("", ".."):
+            raise ConversionError(f"Output path {output} does not name a folder; give the output folder's own name.")
+        return output.parent.resolve() / output.name
+
+    @staticmethod
     def check_output(output: Path, overwrite: bool) -> None:
-        """The checks that need no plan: not a symlink, not a file, empty unless `overwrite`."""
+        """The checks that need no plan: not a symlink, not a file nor below one, empty unless `overwrite`."""
         if output.is_symlink():
             raise ConversionError(f"Output path {output} is a symbolic link; give the real directory.")
         if output.exists() and not output.is_dir():
             raise ConversionError(f"Output path {output} exists and is not a directory.")
+        blocking = next((parent for parent in output.parents if parent.exists() and not parent.is_dir()), None)
+        if blocking is not None:
+            raise ConversionError(f"Output path {output} cannot be created: {blocking} is a file, not a directory.")
         if output.is_dir() and not overwrite and any(output.iterdir()):
             raise ConversionError(f"Output directory {output} is not empty; pass --overwrite to replace its contents.")
 
@@ -166,7 +188,7 @@ class OutputClaim:
         self.published = True
 
     def _replace_existing(self) -> None:
-        if not self.output.is_dir() or _listing(self.output) != self.claimed:
+        if self.output.is_symlink() or not self.output.is_dir() or _listing(self.output) != self.claimed:
             raise ConversionError(
                 f"{self.output} changed during the conversion; nothing in it was replaced and the converted files "
                 "were discarded."

@@ -86,6 +86,7 @@ class SourceCheckpoint:
     config: dict
     tensors: dict[str, TensorRecord]
     weight_files: list[Path]
+    from_hub: bool = False  # given as a Hub repo id (downloaded, or taken from the Hub cache)
 
     @property
     def largest_file_bytes(self) -> int:
@@ -95,6 +96,11 @@ class SourceCheckpoint:
 def looks_like_hub_id(source: str) -> bool:
     parts = source.split("/")
     return len(parts) == 2 and all(parts) and not source.startswith((".", "/", "~"))
+
+
+def is_hub_source(source: str | Path) -> bool:
+    """Whether `source` is read from the Hub: a repo id that names no existing local path."""
+    return looks_like_hub_id(str(source)) and not Path(source).expanduser().exists()
 
 
 class _TimeoutTransport(httpx2.BaseTransport):
@@ -166,8 +172,16 @@ def download_from_hub(repo_id: str, allow_patterns: list[str], what: str) -> Pat
         raise ConversionError(f"Could not download {what} {repo_id!r} from the Hub: {reason}.") from None
 
 
-def resolve_directory(source: str | Path, allow_patterns: list[str], what: str) -> Path:
-    """A local directory as is, else a Hub repo id downloaded with `allow_patterns`."""
+def resolve_directory(source: str | Path, allow_patterns: list[str], what: str, hub_only: bool = False) -> Path:
+    """A local directory as is, else a Hub repo id downloaded with `allow_patterns`.
+
+    With `hub_only` (a name that a downloaded file gave, not the user) `source` must be a Hub repo id and is only
+    looked up on the Hub (or in its cache), never as a local path, even when a local folder has that name.
+    """
+    if hub_only:
+        if not looks_like_hub_id(str(source)):
+            raise ConversionError(f"{what} {str(source)!r:.80} is not a Hub repo id.")
+        return download_from_hub(str(source), allow_patterns, what)
     path = Path(source).expanduser()
     if path.is_dir():
         return path
@@ -237,7 +251,7 @@ def load_source_checkpoint(source: str | Path) -> SourceCheckpoint:
     check_source_links(directory, "Checkpoint")
     config = SourceFolder.of(directory).read_json("config.json", "Checkpoint")
     tensors, files = index_weight_files(directory, "Checkpoint")
-    return SourceCheckpoint(directory=directory, config=config, tensors=tensors, weight_files=files)
+    return SourceCheckpoint(directory, config, tensors, files, from_hub=is_hub_source(source))
 
 
 __all__ = [
@@ -248,6 +262,7 @@ __all__ = [
     "download_from_hub",
     "hub_timeout",
     "index_weight_files",
+    "is_hub_source",
     "load_source_checkpoint",
     "looks_like_hub_id",
     "resolve_directory",

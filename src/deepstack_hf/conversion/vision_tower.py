@@ -2,6 +2,11 @@
 
 The directory (or Hub repo) holds a CLIP `config.json` (`CLIPModel` or `CLIPVisionModel`),
 `preprocessor_config.json` and safetensors weights whose vision part is named `vision_model.*`.
+
+The converter reads no path the user did not give: a tower named by a checkpoint that came from the Hub is looked
+up on the Hub only (`hub_only`), and a local path there is refused, naming the field (`--vision-tower` gives it).
+The tower's geometry (image size, patch size) must match its preprocessing (`check_tower_geometry`), checked
+before anything is written.
 """
 
 from __future__ import annotations
@@ -12,7 +17,14 @@ from pathlib import Path
 
 from .config_bounds import check_tower_config
 from .errors import ConversionError, short_repr
-from .source_checkpoint import SourceFolder, check_source_links, index_weight_files, resolve_directory
+from .source_checkpoint import (
+    SourceFolder,
+    check_source_links,
+    index_weight_files,
+    is_hub_source,
+    looks_like_hub_id,
+    resolve_directory,
+)
 from .streaming_safetensors import TensorRecord
 
 TOWER_CONFIG_PATTERNS = ["config.json", "preprocessor_config.json"]
@@ -42,12 +54,19 @@ class VisionTower:
     directory: Path
     vision_config: dict
     preprocessor: dict
+    from_hub: bool = False
+
+    @property
+    def card_name(self) -> str:
+        """How the model card names the tower: its Hub id, or only the folder name of a local tower."""
+        return f"`{self.name}`" if self.from_hub else f"the local CLIP folder `{Path(self.name).name}`"
 
     def weights(self) -> dict[str, TensorRecord]:
         """The tower's `vision_model.*` tensors (downloading the weights first when the tower is a Hub id)."""
         directory = self.directory
-        if not any(directory.glob("*.safetensors")) and not Path(self.name).is_dir():
-            directory = resolve_directory(self.name, TOWER_CONFIG_PATTERNS + TOWER_WEIGHT_PATTERNS, "Vision tower")
+        if self.from_hub and not any(directory.glob("*.safetensors")):
+            directory = resolve_directory(self.name, TOWER_CONFIG_PATTERNS + TOWER_WEIGHT_PATTERNS, "Vision tower",
+                                          hub_only=True)
         tensors, _ = index_weight_files(directory, "Vision tower")
         vision = {name: record for name, record in tensors.items() if name.startswith("vision_model.")}
         if not vision:
@@ -77,14 +96,44 @@ def clip_vision_config(config: dict, where: Path) -> dict:
     return result
 
 
-def load_vision_tower(name: str) -> VisionTower:
-    directory = resolve_directory(name, TOWER_CONFIG_PATTERNS, "Vision tower")
+def load_vision_tower(name: str, named_by: str | None = None) -> VisionTower:
+    """The tower `name`: a directory or a Hub repo id the user gave, or, with `named_by` (the config field of a
+    checkpoint that came from the Hub, e.g. `mm_vision_tower`), a Hub repo id only."""
+    if named_by is not None and not looks_like_hub_id(name):
+        raise ConversionError(
+            f"The Hub checkpoint's config.json names {named_by}={name!r:.80}, which is not a Hub repo id; the converter "
+            "never reads a local path that a downloaded file names. Pass --vision-tower with the CLIP tower (a Hub "
+            "id or a directory)."
+        )
+    from_hub = named_by is not None or is_hub_source(name)
+    directory = resolve_directory(name, TOWER_CONFIG_PATTERNS, "Vision tower", hub_only=named_by is not None)
     check_source_links(directory, "Vision tower")
     folder = SourceFolder.of(directory)
     config = folder.read_json("config.json", "Vision tower")
     preprocessor = folder.read_json("preprocessor_config.json", "Vision tower")
-    image_processor_settings(preprocessor, directory)  # refuse a bad preprocessor now, before anything is written
-    return VisionTower(name, directory, clip_vision_config(config, directory), preprocessor)
+    tower = VisionTower(name, directory, clip_vision_config(config, directory), preprocessor, from_hub)
+    check_tower_geometry(tower)  # refuse a bad preprocessor or geometry now, before anything is written
+    return tower
+
+
+def check_tower_geometry(tower: VisionTower) -> None:
+    """The views the processor cuts (`crop_size`) must be the tower's input (`image_size`), and CLIP's shortest-edge
+    resize an identity on them (`size` = `crop_size`), else the first image forward fails or differs from the
+    original; `ConversionError` naming both fields otherwise."""
+    settings = image_processor_settings(tower.preprocessor, tower.directory)
+    image_size, patch_size = tower.vision_config["image_size"], tower.vision_config["patch_size"]
+    where = f"Vision tower {tower.directory}"
+    if settings["crop_size"] != image_size:
+        raise ConversionError(
+            f"{where}: preprocessor_config.json crop_size={settings['crop_size']} does not match config.json "
+            f"image_size={image_size} (patch_size={patch_size}): the views would not fit the tower's position "
+            "embeddings."
+        )
+    if settings["shortest_edge"] != settings["crop_size"]:
+        raise ConversionError(
+            f"{where}: preprocessor_config.json size={settings['shortest_edge']} differs from crop_size="
+            f"{settings['crop_size']}: the original resizes every view before cropping it, which this port does not."
+        )
 
 
 def image_processor_settings(preprocessor: dict, where: Path | str = "the vision tower") -> dict:
@@ -137,4 +186,10 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-__all__ = ["VisionTower", "clip_vision_config", "image_processor_settings", "load_vision_tower"]
+__all__ = [
+    "VisionTower",
+    "check_tower_geometry",
+    "clip_vision_config",
+    "image_processor_settings",
+    "load_vision_tower",
+]
