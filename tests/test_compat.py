@@ -85,6 +85,19 @@ def test_cache_name_is_the_releases_own():
     assert name in output.keys()  # what generation's `"cache" in outputs` / `outputs.past_key_values` read
 
 
+def test_multimodal_output_classes():
+    """The model's outputs derive from these: the release's own fields (the cache under `CACHE_NAME`) plus
+    `image_outputs`, the image encoder's output (from 5.24 the release's multimodal outputs, before that the plain
+    ones with that one field added)."""
+    for output_class, plain in (
+        (_compat.MultimodalBaseModelOutputWithPast, BaseModelOutputWithPast),
+        (_compat.MultimodalCausalLMOutputWithPast, CausalLMOutputWithPast),
+    ):
+        names = [field.name for field in dataclasses.fields(output_class)]
+        assert "image_outputs" in names and _compat.CACHE_NAME in names
+        assert set(field.name for field in dataclasses.fields(plain)) <= set(names)
+
+
 # ---------------------------------------------------------------- what generate does with images
 
 

