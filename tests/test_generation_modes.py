@@ -19,7 +19,7 @@ from conftest import tiny_deepstack_config, tiny_text_config
 from transformers import AutoConfig, AutoModelForCausalLM, CompileConfig
 
 from deepstack_hf import DeepStackForConditionalGeneration
-from deepstack_hf._compat import CHUNKED_PREFILL_GETS_IMAGES, GENERATE_ENCODES_IMAGES
+from deepstack_hf._compat import CACHE_NAME, CHUNKED_PREFILL_GETS_IMAGES, GENERATE_ENCODES_IMAGES
 from test_modeling_deepstack import IMAGE_TOKEN, PAD, ROW_IMAGES, ROWS, batch_inputs, row_inputs
 
 EOS = 2  # conftest's tiny decoders
@@ -177,3 +177,15 @@ def test_assisted_decoding(case, assistant_kind, text_assistant):
 def test_prompt_lookup_decoding(case):
     for row, expected in zip(case.rows, case.references):
         assert generate(case.model, row, do_sample=False, prompt_lookup_num_tokens=2) == [expected]
+
+
+def test_continuing_from_the_callers_cache(case):
+    """`generate` continues from a KV cache the caller filled and passes under the release's own name: the one-image
+    prompt with all but its last two tokens (image included) already in the cache."""
+    row = case.rows[0]
+    with torch.no_grad():
+        prefix = case.model(**dict(row, input_ids=row["input_ids"][:, :-2]), use_cache=True)
+    cache = getattr(prefix, CACHE_NAME)
+    assert cache.get_seq_length() == row["input_ids"].shape[1] - 2
+    continued = generate(case.model, {"input_ids": row["input_ids"]}, do_sample=False, **{CACHE_NAME: cache})
+    assert continued == [case.references[0]]
