@@ -3,7 +3,7 @@
 What generic callers (TRL's collators, vLLM's Transformers backend, lmms-eval, pipelines) pass and read:
 `return_mm_token_type_ids`, `return_text_replacement_offsets`, `return_offsets_mapping`, `return_length`,
 truncation, assistant masks from the chat templates' `{% generation %}` blocks, empty `videos` / `audio`, and the
-attributes llava-hf users look up. Expected ids come from the slow-tokenizer reference and the SPEC token counts.
+attributes llava-hf users look up. Expected ids come from the slow-tokenizer reference and design.md's token counts.
 """
 
 import copy
