@@ -15,19 +15,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from transformers import CLIPVisionConfig
+from transformers import CLIPPreTrainedModel, CLIPVisionConfig
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.models.clip.modeling_clip import (
-    CLIPAttention,
-    CLIPEncoder,
-    CLIPEncoderLayer,
-    CLIPPreTrainedModel,
-    CLIPVisionEmbeddings,
-)
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs
-from transformers.utils.output_capturing import capture_outputs
 
+from ._compat import CLIPAttention, CLIPEncoder, CLIPEncoderLayer, CLIPVisionEmbeddings, TransformersKwargs, capture_outputs
 from .stack_layout import vision_tower_stacks
 
 
