@@ -4,7 +4,8 @@ No other module of the package imports a non-public Transformers name: they impo
 `tests/test_compat.py` states, for each name, what the package relies on, so that a release that changes one fails
 there first. Public API here means: exported by the top-level `transformers` package, or from the modules its
 reference documentation covers for model, processor and image-processor authors (`modeling_outputs`, `cache_utils`,
-`generation`, `processing_utils`, `image_processing_utils`, `image_utils`, `image_transforms`).
+`generation`, `processing_utils`, `image_processing_utils`, `image_utils`, `image_transforms`,
+`video_processing_utils`, `video_utils`).
 """
 
 import dataclasses
