@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,13 @@ def test_image_preprocessing_benchmark_runs_tiny(tmp_path, capsys):
             assert ("ratio" in row or "ratio_time" in row) == (name != image_preprocessing.REFERENCE)
     assert result["per_image"]["40x30"]["deepstack_hd_pil"]["ms"]["n"] == 2
     assert json.loads(out.read_text())["reference"] == image_preprocessing.REFERENCE
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("RUN_SLOW"), reason="slow (two servers, a minute or more): set RUN_SLOW=1")
+def test_serving_load_reports_every_figure():
+    pytest.importorskip("fastapi", reason="serving needs the `serving` extra")
+    result = load_script("serving_load").main(["--requests", "8", "--memory-requests", "16", "--context", "4096"])
+    assert result["load"]["correct"] == 8 and result["memory"]["requests"] == 16
+    assert result["trickle"]["hostile_status"] == 400 and result["queue"]["full_queue_status"] == 503
+    assert result["runaway"]["tokens_before_stop"] > 0

@@ -1,6 +1,6 @@
 """What the model and its config refuse: inputs that would otherwise run silently wrong, and unbounded fields.
 
-View counts are hand-derived from SPEC's grid rule (`1 + w*h` views for grid `(w, h)`), not from the model.
+View counts are hand-derived from the grid rule of docs/design.md (`1 + w*h` views for grid `(w, h)`), not the model.
 """
 
 import logging

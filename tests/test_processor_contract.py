@@ -3,7 +3,7 @@
 What generic callers (TRL's collators, vLLM's Transformers backend, lmms-eval, pipelines) pass and read:
 `return_mm_token_type_ids`, `return_text_replacement_offsets`, `return_offsets_mapping`, `return_length`,
 truncation, assistant masks from the chat templates' `{% generation %}` blocks, empty `videos` / `audio`, and the
-attributes llava-hf users look up. Expected ids come from the slow-tokenizer reference and the SPEC token counts.
+attributes llava-hf users look up. Expected ids come from the slow-tokenizer reference and design.md's token counts.
 """
 
 import copy
@@ -134,10 +134,14 @@ def test_empty_videos_and_audio_are_accepted(processor, empty):
     assert out["input_ids"] == processor(images=[image(40, 25)], text="<image> hi")["input_ids"]
 
 
-@pytest.mark.parametrize("name", ["videos", "audio"])
-def test_videos_and_audio_are_refused(processor, name):
-    with pytest.raises(ValueError, match=f"images and text only; got `{name}`"):
-        processor(text="hi", **{name: [np.zeros((2, 8, 8, 3), dtype=np.uint8)]})
+def test_audio_is_refused(processor):
+    with pytest.raises(ValueError, match="images, videos and text; got `audio`"):
+        processor(text="hi", audio=[np.zeros(1600, dtype=np.float32)])
+
+
+def test_a_video_needs_its_marker(processor):  # videos themselves: tests/test_video_processing_deepstack.py
+    with pytest.raises(ValueError, match=r"0 <video> marker\(s\) but 1 video\(s\)"):
+        processor(text="hi", videos=[np.zeros((2, 8, 8, 3), dtype=np.uint8)])
 
 
 def test_llava_attributes(processor, sp_model_path):

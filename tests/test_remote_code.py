@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
@@ -45,6 +46,7 @@ except ImportError:
     pass
 else:
     raise SystemExit("deepstack_hf is importable in the child")
+import numpy as np
 import torch
 from PIL import Image
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor, pipeline
@@ -69,7 +71,9 @@ image_processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=T
 processor = AutoProcessor.from_pretrained(source, trust_remote_code=True)
 result["classes"] = {name: [type(obj).__name__, type(obj).__module__] for name, obj in
                      [("config", config), ("base", base), ("model", model), ("image_processor", image_processor),
-                      ("processor", processor)]}
+                      ("processor", processor), ("video_processor", processor.video_processor)]}
+video = np.arange(7 * 30 * 40 * 3, dtype=np.int64).reshape(7, 30, 40, 3) % 251  # frames as an array: no decoder
+video_inputs = processor(videos=[video.astype(np.uint8)], text=[question + " <video>"], return_tensors="pt")
 messages = [{"role": "user", "content": [{"type": "image", "path": image_path}, {"type": "text", "text": question}]}]
 inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
                                        return_tensors="pt")
@@ -81,7 +85,9 @@ text = pipe(text=messages, max_new_tokens=int(new_tokens), return_full_text=Fals
 result["input_ids"] = inputs["input_ids"].tolist()
 result["tokens"] = generated[0, inputs["input_ids"].shape[1]:].tolist()
 result["pipeline_text"] = text
+result["video_input_ids"] = video_inputs["input_ids"].tolist()
 torch.save(logits, out + ".pt")
+torch.save(video_inputs["pixel_values"], out + ".video.pt")
 with open(out, "w") as f:
     json.dump(result, f)
 """
@@ -125,6 +131,8 @@ def converted(tmp_path_factory):
 def package_reference(repo: Path, image_path: Path) -> dict:
     """The same run through the installed package (registered Auto classes, no remote code)."""
     processor = AutoProcessor.from_pretrained(repo)
+    video = (np.arange(7 * 30 * 40 * 3).reshape(7, 30, 40, 3) % 251).astype(np.uint8)
+    video_inputs = processor(videos=[video], text=[QUESTION + " <video>"], return_tensors="pt")
     model = AutoModelForImageTextToText.from_pretrained(repo)
     assert type(model) is deepstack_hf.DeepStackForConditionalGeneration
     content = [{"type": "image", "path": str(image_path)}, {"type": "text", "text": QUESTION}]
@@ -142,6 +150,8 @@ def package_reference(repo: Path, image_path: Path) -> dict:
         "tokens": generated[0, inputs["input_ids"].shape[1]:].tolist(),
         "pipeline_text": text,
         "logits": logits,
+        "video_input_ids": video_inputs["input_ids"].tolist(),
+        "video_pixel_values": video_inputs["pixel_values"],
     }
 
 
@@ -155,6 +165,7 @@ def run_without_package(source: str, image_path: Path, out: Path, hf_home: Path)
     assert completed.returncode == 0, completed.stderr[-4000:]
     result = json.loads(out.read_text())
     result["logits"] = torch.load(str(out) + ".pt")
+    result["video_pixel_values"] = torch.load(str(out) + ".video.pt")
     return result
 
 
@@ -167,7 +178,8 @@ def test_converted_repo_ships_the_package_modules_and_auto_map(converted):
     for name in shipped:
         assert (repo / name).read_bytes() == (package_dir / name).read_bytes(), name
     assert {"configuration_deepstack.py", "modeling_deepstack.py", "processing_deepstack.py",
-            "image_processing_deepstack.py", "modeling_deepstack_text.py"} <= set(shipped)
+            "image_processing_deepstack.py", "modeling_deepstack_text.py", "video_processing_deepstack.py",
+            "video_decoding.py"} <= set(shipped)
     assert not any(name.startswith("conversion") or name == "demo.py" for name in shipped)
 
     config = json.loads((repo / "config.json").read_text())
@@ -180,6 +192,9 @@ def test_converted_repo_ships_the_package_modules_and_auto_map(converted):
     assert processor_config["auto_map"] == {"AutoProcessor": "processing_deepstack.DeepStackProcessor"}
     assert processor_config["image_processor"]["auto_map"]["AutoImageProcessor"] == (
         "image_processing_deepstack.DeepStackImageProcessor"
+    )
+    assert processor_config["video_processor"]["auto_map"]["AutoVideoProcessor"] == (
+        "video_processing_deepstack.DeepStackVideoProcessor"
     )
     card = (repo / "README.md").read_text()  # the model card is kept and says how to load and remake the repo
     assert card.startswith("---") and "trust_remote_code=True" in card and "deepstack-convert" in card
@@ -232,9 +247,11 @@ def test_loads_without_the_package_like_the_package(converted, layout, tmp_path)
         assert module.startswith("transformers_modules.") and module_marker in module, (name, module)
     assert [class_name for class_name, _ in remote["classes"].values()] == [
         "DeepStackConfig", "DeepStackModel", "DeepStackForConditionalGeneration", "DeepStackImageProcessor",
-        "DeepStackProcessor",
+        "DeepStackProcessor", "DeepStackVideoProcessor",
     ]
     assert remote["input_ids"] == reference["input_ids"]
     torch.testing.assert_close(remote["logits"], reference["logits"], atol=1e-6, rtol=0)
     assert remote["tokens"] == reference["tokens"]
     assert remote["pipeline_text"] == reference["pipeline_text"]
+    assert remote["video_input_ids"] == reference["video_input_ids"]
+    torch.testing.assert_close(remote["video_pixel_values"], reference["video_pixel_values"], atol=0, rtol=0)

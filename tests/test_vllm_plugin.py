@@ -166,7 +166,7 @@ def test_prompt_ids_are_the_processors(converted, prompt, with_bos):
 
 
 def test_placeholder_runs_follow_the_spec_token_counts(converted):
-    """Each image's placeholder run in vLLM's HD prompt has SPEC's length, 16 + 4h(4w + 1) for 4x4-patch views."""
+    """Each image's placeholder run in vLLM's HD prompt is 16 + 4h(4w + 1) tokens (docs/design.md)."""
     image_token_id = AutoProcessor.from_pretrained(converted["hd"]).image_token_id
     (runs,) = _vllm_generate(converted["hd"], [(QUESTION, [WIDE]), (QUESTION, [TALL])])
     grids = [select_best_grid(image.width, image.height, num_crops=4, crop_size=56) for image in (WIDE, TALL)]
@@ -203,6 +203,23 @@ def test_stacks_change_the_tokens(converted):
     with_stacks = _transformers_generate(converted["hd"], requests)
     without_stacks = _transformers_generate(converted["hd"], requests, with_stacks=False)
     assert [new for _, new in with_stacks] != [new for _, new in without_stacks]
+
+
+def test_videos_are_refused_by_name(converted):
+    """The plugin takes images; a video (chat part or offline `multi_modal_data`) is refused with the way round it."""
+    from vllm import LLM, SamplingParams
+
+    from deepstack_hf.vllm_plugin.model import DeepStackForConditionalGeneration as VllmDeepStack
+
+    with pytest.raises(ValueError, match="takes images, not videos.*DeepStackVideoProcessor"):
+        VllmDeepStack.get_placeholder_str("video", 0)
+    llm = LLM(model=converted["plain"], dtype="float32", max_model_len=2048, max_num_seqs=8, enforce_eager=True, seed=0)
+    video = np.zeros((6, 32, 32, 3), dtype=np.uint8)
+    with pytest.raises(Exception, match="takes images, not videos.*DeepStackVideoProcessor"):
+        llm.generate({"prompt": "USER: <video>\nWhat happens? ASSISTANT:", "multi_modal_data": {"video": video}},
+                     SamplingParams(max_tokens=2))
+    del llm
+    gc.collect()
 
 
 def test_chat_matches_processor_chat_template(converted):

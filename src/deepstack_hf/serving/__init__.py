@@ -1,13 +1,17 @@
-"""`deepstack-serve`: an OpenAI-compatible chat-completions server for DeepStack on Transformers' `transformers serve`.
+"""`deepstack-serve`: an OpenAI-compatible chat-completions server for DeepStack, the package's own small FastAPI app.
 
-`transformers serve` (FastAPI app, request handlers, generation managers, model cache) does the serving; this
-package only teaches it what it cannot know about a model type outside Transformers:
+Built on Transformers' public surface only (the processor and its chat template, `model.generate`,
+`AsyncTextIteratorStreamer`, `StoppingCriteria`), so it runs the same on every Transformers release the package
+allows. The pieces, in the order a request meets them:
 
-* `model_manager.DeepStackModelManager`: load DeepStack through `AutoModelForImageTextToText` and treat it as an
-  image-text-to-text model (a converted repo with or without its module files: the package's classes run);
-* `chat_completion.DeepStackChatCompletionHandler`: read every `image_url` once, and answer a request the model
-  cannot take (an unreadable image, more image tokens than the context holds, a refused input) with HTTP 400;
-* `cli`: the app for one pinned model and the `deepstack-serve` command.
+* `settings.ServerSettings`: the limits and policies (media sources, sizes, queue, context);
+* `chat_request.parse_chat_request`: the request body checked field by field (taken or refused by name);
+* `media.MediaReader`: images and videos read off the event loop within deadlines and byte limits, images'
+  headers checked before decoding;
+* `generation`: one generation at a time in a worker thread behind a bounded queue, cancelled when its client
+  disconnects;
+* `responses`: OpenAI's completion and chunk objects, server-sent events, stop strings;
+* `app.build_app`: the routes; `cli`: the `deepstack-serve` command (Uvicorn).
 
-Needs the `serving` extra (`pip install -e ".[serving]"` in a checkout: FastAPI, Uvicorn, the OpenAI types).
+Needs the `serving` extra (`pip install -e ".[serving]"` in a checkout: FastAPI, Uvicorn). docs/serving.md.
 """

@@ -47,6 +47,7 @@ from vllm.sequence import IntermediateTensors
 
 from ..stack_layout import hd_layout, plain_layout
 from .processing import (
+    VIDEOS_REFUSED,
     DeepStackDummyInputsBuilder,
     DeepStackMultiModalProcessor,
     DeepStackProcessingInfo,
@@ -174,6 +175,8 @@ class DeepStackForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsP
     def get_placeholder_str(cls, modality: str, i: int) -> str | None:
         if modality.startswith("image"):
             return "<image>"
+        if modality.startswith("video"):
+            raise ValueError(VIDEOS_REFUSED)
         raise ValueError(f"DeepStack takes images only, not {modality!r}.")
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):

@@ -5,6 +5,10 @@ run of placeholder ids that replaces each `<image>` id. [`DeepStackProcessor`] m
 unpadded, flat along the first axis, so every image's item is independent of the others in its batch (vLLM caches
 each image on its own). The grid and token counts come from [`deepstack_hf.grid_layout`], the same functions the
 Transformers processor and model use.
+
+Videos are refused by name ([`VIDEOS_REFUSED`]): vLLM hands a model frames its own video loader sampled, not the
+video, so IG-VLM's frame rule (`k * floor(T / 6)` of all `T` frames) cannot be applied here. A client sends the
+video's grid as an image instead (`DeepStackVideoProcessor`, docs/vllm.md).
 """
 
 from collections.abc import Mapping, Sequence
@@ -13,6 +17,7 @@ import torch
 from transformers import BatchFeature
 
 from vllm.config.multimodal import MultiModalDummyOptions
+from vllm.exceptions import VLLMValidationError
 from vllm.inputs import MultiModalDataDict
 from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
 from vllm.multimodal.parse import ImageProcessorItems, ImageSize, MultiModalDataItems
@@ -28,6 +33,13 @@ from ..configuration_deepstack import DeepStackConfig
 from .. import grid_layout
 from ..grid_layout import candidate_grids, num_image_tokens, num_views
 from ..processing_deepstack import DeepStackProcessor
+
+
+VIDEOS_REFUSED = (
+    "DeepStack's vLLM plugin takes images, not videos: turn the video into its IG-VLM grid image with "
+    "deepstack_hf.DeepStackVideoProcessor (what the Transformers processor does with a video) and send that image "
+    "(docs/vllm.md)."
+)
 
 
 def image_grid(config: DeepStackConfig, width: int, height: int) -> tuple[int, int]:
@@ -59,6 +71,12 @@ class DeepStackProcessingInfo(BaseProcessingInfo):
 
     def get_supported_mm_limits(self) -> Mapping[str, int | None]:
         return {"image": None}
+
+    def validate_num_items(self, modality: str, num_items: int) -> None:
+        """vLLM's count check, with videos refused by name ([`VIDEOS_REFUSED`]) instead of "at most 0"."""
+        if modality.startswith("video") and num_items:
+            raise VLLMValidationError(VIDEOS_REFUSED, parameter=modality)
+        super().validate_num_items(modality, num_items)
 
     def get_num_image_tokens(self, *, image_width: int, image_height: int) -> int:
         """Placeholder tokens (= embedding rows) of one image: 576 (plain) or 576 + 24h(24w + 1) (HD)."""
@@ -151,6 +169,7 @@ class DeepStackMultiModalProcessor(BaseMultiModalProcessor[DeepStackProcessingIn
 
 
 __all__ = [
+    "VIDEOS_REFUSED",
     "DeepStackDummyInputsBuilder",
     "DeepStackMultiModalProcessor",
     "DeepStackProcessingInfo",
