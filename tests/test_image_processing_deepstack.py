@@ -297,7 +297,7 @@ def test_invalid_settings():
 
 
 def test_save_load_and_auto(tmp_path):
-    from transformers import AutoImageProcessor
+    from deepstack_hf._compat import AutoImageProcessor  # 5.17's top-level one is a placeholder without torchvision
 
     processor = DeepStackImageProcessor(crop_size=56, num_crops=9, hd_layout=True, patch_size=14)
     processor.save_pretrained(tmp_path)
