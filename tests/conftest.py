@@ -59,6 +59,23 @@ def tiny_deepstack_config(
     )
 
 
+def trainer_checkpointing_argument() -> dict:
+    """`TrainingArguments` keyword turning gradient checkpointing on: `activation_checkpointing` (5.23 on) or its
+    former name."""
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    names = {field.name for field in fields(TrainingArguments)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": True}
+
+
+def enable_activation_checkpointing(model, checkpoint_kwargs: dict | None = None) -> None:
+    """Gradient checkpointing on every layer: `activation_checkpointing_enable` (5.23 on) or its former name."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable(checkpoint_kwargs)
+
+
 @pytest.fixture
 def tiny_config_factory():
     return tiny_deepstack_config

@@ -63,7 +63,7 @@ def test_phi3_instruct(messages, generation, expected):
 
 
 def test_spec_single_turn_strings():
-    # SPEC.md "Prompts and token ids", verbatim
+    # the original's vicuna_v1 prompt, verbatim (docs/design.md, "Chat templates")
     assert render(VICUNA_V1_TEMPLATE, IMAGE_QUESTION, True) == (
         "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
         "detailed, and polite answers to the user's questions. USER: <image>\nWhat is shown? ASSISTANT:"

@@ -17,14 +17,14 @@ def test_defaults_are_deepstack_l_vicuna_7b():
     assert config.vision_feature_layer == -2 and config.vision_feature_select_strategy == "default"
     assert (config.projector_depth, config.projector_hidden_act) == (2, "gelu")  # mlp2x_gelu
     assert config.num_crops == 4 and not config.hd_layout and config.stack_sampling == "2d"
-    # SPEC: stack k goes in before layer deepstack_start_id + k * deepstack_interval, defaults 1 and 1
+    # docs/design.md: stack k before layer deepstack_start_id + k * deepstack_interval, defaults 1 and 1
     assert config.deepstack_layers == [1, 2, 3, 4]
     assert config.image_seq_length == 576 == config.patches_per_side**2
 
 
 @pytest.mark.parametrize(("num_crops", "hd", "stacks"), [(4, False, 4), (4, True, 4), (6, False, 6), (9, True, 9), (8, True, 4)])
 def test_number_of_stacks_follows_spec(num_crops, hd, stacks):
-    # SPEC: K = num_crops (plain) or int(sqrt(num_crops))**2 (HD)
+    # docs/design.md, "Features": K = num_crops (plain) or int(sqrt(num_crops))**2 (HD)
     config = DeepStackConfig(num_crops=num_crops, hd_layout=hd)
     assert config.num_stacks == stacks
     assert config.deepstack_layers == list(range(1, 1 + stacks))

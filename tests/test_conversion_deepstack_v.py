@@ -1,6 +1,6 @@
 """Converting original DeepStack-V checkpoints (`deepstack_vit` + `lsvit_start_layer_S`), checked against the
-independent reference (`original_reference`, plain torch from SPEC.md) and refused by name where the original
-cannot run."""
+independent reference (`original_reference`, plain torch from the original's rules, docs/design.md) and
+refused by name where the original cannot run."""
 
 import json
 
@@ -25,7 +25,7 @@ def v_checkpoint(root, split, square=True, **kwargs):
     )
 
 
-# (split layer, with 2xsample): SPEC's edge cases on the 3-layer tiny CLIP
+# (split layer, with 2xsample): the edge cases of docs/design.md "DeepStack-V" on the 3-layer tiny CLIP
 CASES = [(0, True), (1, True), (TOWER_LAYERS - 1, True), (TOWER_LAYERS, True), (TOWER_LAYERS + 5, True), (1, False)]
 
 

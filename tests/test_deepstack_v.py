@@ -9,11 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TINY_IMAGE_SIZE, tiny_deepstack_config
+from conftest import TINY_IMAGE_SIZE, enable_activation_checkpointing, tiny_deepstack_config
 from deepstack_hf import DeepStackConfig, DeepStackForConditionalGeneration
 from deepstack_hf.modeling_deepstack_vision import DeepStackVisionModel
 from deepstack_hf.stack_layout import vision_tower_stacks
 from test_modeling_deepstack import PAD, left_padded, llava_twin
+
+from deepstack_hf._compat import GENERATE_ENCODES_IMAGES
 
 TOWER_LAYERS = 3  # the tiny CLIP of conftest
 PATCHES = 4  # patches per side of one tiny view
@@ -213,15 +215,38 @@ def test_batch_matches_rows_alone(split):
     batch = dict(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values, image_sizes=SIZES)
     with torch.no_grad():
         batched = model(**batch).logits
-        generated = model.generate(**batch, max_new_tokens=4, do_sample=False, pad_token_id=PAD)
         for row, images in enumerate(ROW_IMAGES):
             keep = attention_mask[row].bool()
             single = {"input_ids": input_ids[row, keep][None]}
             if images:
                 single.update(pixel_values=pixel_values[images], image_sizes=SIZES[images])
             torch.testing.assert_close(batched[row, keep], model(**single).logits[0], rtol=1e-5, atol=1e-5)
-            alone = model.generate(**single, max_new_tokens=4, do_sample=False, pad_token_id=PAD)
-            assert generated[row, -4:].tolist() == alone[0, -4:].tolist()
+
+
+@pytest.mark.parametrize("repeat", [{"num_return_sequences": 2, "do_sample": True}, {"num_beams": 2}], ids=["sequences", "beams"])
+def test_pre_encoded_images_with_repeated_prompts_leave_the_callers_features_alone(repeat):
+    """Generation repeats pre-encoded features per prompt for beams / `num_return_sequences` (DeepStack-V has no
+    decoder stacks: `deepstack_features is None`, nothing to index); the caller's `mm_encoder_outputs` stay as given
+    and give what the raw images give."""
+    model = v_model()
+    input_ids, attention_mask = left_padded([image_row(row) for row in ROWS])
+    pixel_values = views(3)
+    with torch.no_grad():
+        features = model.model.get_image_features(pixel_values, SIZES)
+    assert features.deepstack_features is None
+    pooled = list(features.pooler_output)
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=3, pad_token_id=PAD, **repeat)
+    if not GENERATE_ENCODES_IMAGES:
+        with pytest.raises(ValueError, match="does not repeat pre-encoded mm_encoder_outputs"):
+            model.generate(mm_encoder_outputs={"image": features}, **kwargs)
+    else:
+        torch.manual_seed(0)
+        encoded = model.generate(mm_encoder_outputs={"image": features}, **kwargs)
+        torch.manual_seed(0)
+        raw = model.generate(pixel_values=pixel_values, image_sizes=SIZES, **kwargs)
+        assert encoded.shape[0] == 3 * repeat.get("num_return_sequences", 1) and encoded.tolist() == raw.tolist()
+    assert len(features.pooler_output) == 3 and all(a is b for a, b in zip(features.pooler_output, pooled))
+    assert features.deepstack_features is None
 
 
 def test_decoder_gets_no_stacks():
@@ -258,7 +283,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(split):
     for checkpointing in (False, True):
         model = v_model(split=split).train()
         if checkpointing:
-            model.activation_checkpointing_enable()
+            enable_activation_checkpointing(model)
             assert all(layer.gradient_checkpointing for layer in model.model.vision_tower.layers)
         model(**inputs).loss.backward()
         grads.append({name: p.grad for name, p in model.named_parameters() if p.grad is not None})

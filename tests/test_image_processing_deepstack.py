@@ -1,6 +1,7 @@
-"""DeepStackImageProcessor against an independent re-implementation of SPEC.md "Preprocessing".
+"""DeepStackImageProcessor against an independent re-implementation of the original's preprocessing
+(docs/design.md, "The crop grid" and "Views").
 
-The reference below is written from the SPEC text only (candidate grids, LLaVA-NeXT best-fit rule, plain
+The reference below is written from that text only (candidate grids, LLaVA-NeXT best-fit rule, plain
 ``PIL.Image.resize`` stretches with Pillow's default filter, row-major crops, CLIP rescale/normalise) and does
 not import anything from ``deepstack_hf``.
 """
@@ -86,7 +87,7 @@ def noise_image(width, height, seed=0, mode="RGB"):
 
 # ----------------------------------------------------------------------------- grids and counts
 GRID_TABLE = [
-    ((40, 25), (1, 2)),  # SPEC's example: every candidate keeps all 1000 pixels, (1,2) and (2,1) tie on waste
+    ((40, 25), (1, 2)),  # docs/design.md's example: every candidate keeps all 1000 pixels, (1,2) and (2,1) tie on waste
     ((336, 336), (1, 2)),  # tie between (1, 2) and (2, 1): candidate order wins
     ((100, 100), (1, 2)),
     ((1000, 500), (2, 1)),
@@ -296,7 +297,7 @@ def test_invalid_settings():
 
 
 def test_save_load_and_auto(tmp_path):
-    from transformers import AutoImageProcessor
+    from deepstack_hf._compat import AutoImageProcessor  # 5.17's top-level one is a placeholder without torchvision
 
     processor = DeepStackImageProcessor(crop_size=56, num_crops=9, hd_layout=True, patch_size=14)
     processor.save_pretrained(tmp_path)

@@ -179,7 +179,7 @@ def test_unsupported_filter_is_refused_by_name():
 
 
 def test_auto_image_processor_use_fast_and_backends(tmp_path):
-    from transformers import AutoImageProcessor
+    from deepstack_hf._compat import AutoImageProcessor  # 5.17's top-level one is a placeholder without torchvision
 
     DeepStackImageProcessorFast(crop_size=56, num_crops=9, hd_layout=True).save_pretrained(tmp_path)
     saved = (tmp_path / "preprocessor_config.json").read_text()

@@ -1,6 +1,6 @@
 """What the model and its config refuse: inputs that would otherwise run silently wrong, and unbounded fields.
 
-View counts are hand-derived from SPEC's grid rule (`1 + w*h` views for grid `(w, h)`), not from the model.
+View counts are hand-derived from the grid rule of docs/design.md (`1 + w*h` views for grid `(w, h)`), not the model.
 """
 
 import logging
@@ -84,7 +84,13 @@ def test_processor_without_the_models_square_grid_does_not_pass_silently():
         square(**dict(inputs, pixel_values=padded))
 
 
-def test_image_tokens_without_images_warn(model, inputs, caplog):
+@pytest.fixture
+def fresh_once_warnings():
+    """Transformers' `logger.warning_once` warns once per process and message: forget those another test drew."""
+    logging.Logger.warning_once.cache_clear()
+
+
+def test_image_tokens_without_images_warn(model, inputs, caplog, fresh_once_warnings):
     # A warning, not an error: assisted decoding runs its assistant on the prompt without the images.
     with caplog.at_level(logging.WARNING), torch.no_grad():
         model.generate(input_ids=inputs["input_ids"], max_new_tokens=1, do_sample=False)
@@ -97,7 +103,7 @@ def test_generation_after_images_is_not_mistaken_for_missing_images(model, input
     assert out.shape[1] == inputs["input_ids"].shape[1] + 3
 
 
-def test_prompt_beyond_max_position_embeddings_warns(caplog):
+def test_prompt_beyond_max_position_embeddings_warns(caplog, fresh_once_warnings):
     config = tiny_deepstack_config(text_config={"max_position_embeddings": 20})
     torch.manual_seed(0)
     model = DeepStackForConditionalGeneration(config).eval()

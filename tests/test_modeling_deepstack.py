@@ -7,13 +7,13 @@ and a hand-written cross-entropy for the loss.
 
 import pytest
 import torch
-from conftest import tiny_deepstack_config
+from conftest import enable_activation_checkpointing, tiny_deepstack_config
 from safetensors.torch import save_file
 from torch.nn import functional as F
 from transformers import AutoModel, AutoModelForImageTextToText, LlavaConfig, LlavaForConditionalGeneration
 
 from deepstack_hf import DeepStackForConditionalGeneration, DeepStackModel
-from deepstack_hf.grid_layout import num_image_tokens, num_views, select_best_grid
+from deepstack_hf.grid_layout import image_grid, num_image_tokens, num_views
 from deepstack_hf.stack_layout import hd_layout, plain_layout
 
 IMAGE_TOKEN, PAD, SIZE = 300, 0, 56
@@ -32,7 +32,8 @@ def make_model(seed=0, **overrides):
 
 
 def grid_of(size, config):
-    return select_best_grid(size[1], size[0], config.num_crops, SIZE)
+    """The crop grid of a `(height, width)` image under `config` (the square grid for DeepStack-V)."""
+    return image_grid(size[1], size[0], config.num_crops, SIZE, config.square_grid)
 
 
 def image_pixels(config, sizes, seed=0):
@@ -194,27 +195,15 @@ def test_matches_llava_modules_with_hooked_stacks(hd):
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
 def test_batch_with_left_padding_matches_rows_alone(backbone):
+    """Logits of a left-padded batch; generation in every mode is tests/test_generation_modes.py's."""
     model = make_model(**BACKBONES[backbone])
     batch = batch_inputs(model.config)
     with torch.no_grad():
         batched = model(**batch, position_ids=positions(batch["attention_mask"])).logits
-        generated = model.generate(**batch, max_new_tokens=4, do_sample=False, pad_token_id=PAD)
         for row, images in enumerate(ROW_IMAGES):
             single = row_inputs(model.config, batch, row, images)
             keep = batch["attention_mask"][row].bool()
             torch.testing.assert_close(batched[row, keep], model(**single).logits[0], rtol=1e-5, atol=1e-5)
-            alone = model.generate(**single, max_new_tokens=4, do_sample=False, pad_token_id=PAD)
-            assert generated[row, -4:].tolist() == alone[0, -4:].tolist()
-
-
-@pytest.mark.parametrize("backbone", sorted(BACKBONES))
-def test_greedy_with_cache_equals_without_cache(backbone):
-    model = make_model(**BACKBONES[backbone])
-    batch = batch_inputs(model.config)
-    with torch.no_grad():
-        cached = model.generate(**batch, max_new_tokens=5, do_sample=False, pad_token_id=PAD)
-        uncached = model.generate(**batch, max_new_tokens=5, do_sample=False, pad_token_id=PAD, use_cache=False)
-    assert cached.tolist() == uncached.tolist()
 
 
 def test_only_prefill_receives_stacks():
@@ -232,22 +221,6 @@ def test_only_prefill_receives_stacks():
     hook.remove()
     prompt_length = batch["input_ids"].shape[1]
     assert calls == [(prompt_length, model.config.deepstack_layers), (1, None), (1, None)]
-
-
-def test_chunked_prefill_matches_full_prefill():
-    """Generation pre-encodes the images; each prefill chunk gets the sequence and stack rows of its own tokens."""
-    model = make_model(hd_layout=True)
-    batch = batch_inputs(model.config)
-    lengths = []
-    hook = model.model.language_model.register_forward_pre_hook(
-        lambda module, args, kwargs: lengths.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True
-    )
-    with torch.no_grad():
-        full = model.generate(**batch, max_new_tokens=4, do_sample=False, pad_token_id=PAD)
-        chunked = model.generate(**batch, max_new_tokens=4, do_sample=False, pad_token_id=PAD, prefill_chunk_size=16)
-    hook.remove()
-    assert lengths.count(16) >= 2, "the prefill really ran in chunks"
-    assert chunked.tolist() == full.tolist()
 
 
 def test_stacks_change_the_logits():
@@ -298,7 +271,7 @@ def test_gradient_checkpointing_gives_same_loss_and_gradients():
         return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
     loss, grads = loss_and_grads()
-    model.activation_checkpointing_enable()
+    enable_activation_checkpointing(model)
     assert model.model.language_model.layers[0].gradient_checkpointing
     checkpointed_loss, checkpointed_grads = loss_and_grads()
     torch.testing.assert_close(checkpointed_loss, loss)
@@ -323,6 +296,24 @@ def test_hidden_states_and_attentions_eager():
     assert all(h.shape == (batch_size, length, 32) for h in output.hidden_states)
     assert all(a.shape == (batch_size, 4, length, length) for a in output.attentions)
     assert output.image_hidden_states.shape == ((batch["input_ids"] == IMAGE_TOKEN).sum(), 32)
+
+
+def test_outputs_carry_the_image_encoder_output():
+    """`image_outputs` (the release's multimodal output field from 5.24, the same field before): the images'
+    `get_image_features` output, per image; `None` for text-only input. The tuple form still starts with the logits."""
+    model = make_model()
+    batch = batch_inputs(model.config)
+    with torch.no_grad():
+        output = model(**batch)
+        text_only = model(input_ids=batch["input_ids"][1:2, -6:])
+        as_tuple = model(**batch, return_dict=False)
+        features = model.model.get_image_features(batch["pixel_values"], batch["image_sizes"])
+    assert len(output.image_outputs.pooler_output) == 3
+    for got, want in zip(output.image_outputs.pooler_output, features.pooler_output):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(output.image_hidden_states, torch.cat(features.pooler_output))
+    assert text_only.image_outputs is None and text_only.image_hidden_states is None
+    torch.testing.assert_close(as_tuple[0], output.logits)
 
 
 def test_token_feature_mismatch_raises_with_both_counts():

@@ -65,16 +65,21 @@ def test_text_and_images_batched(pipe):
 
 def test_batches_of_different_grids_give_what_each_input_gives_alone(pipe):
     """A landscape and a portrait picture have different crop grids, so different view counts (plain: 5 and 3
-    views, HD: 25 and 15); batched, each must still give what it gives alone."""
+    views, HD: 25 and 15), and prompts of different lengths; batched (left-padded, cached), each must give what it
+    gives alone without a KV cache."""
     from deepstack_hf.grid_layout import num_views, select_best_grid
 
     images = [picture(300, 60, 10), picture(40, 90, 200)]
     grids = [select_best_grid(im.width, im.height, 4, TINY_IMAGE_SIZE) for im in images]
     assert num_views(grids[0], 4, False) != num_views(grids[1], 4, False)
-    prompts = ["USER: <image>\nWhat is it? ASSISTANT:", "USER: <image>\nand this one? ASSISTANT:"]
-    kwargs = {"max_new_tokens": 4, "do_sample": False, "return_full_text": False}
-    batched = pipe(images=images, text=prompts, batch_size=2, **kwargs)
-    alone = [pipe(images=im, text=prompt, **kwargs) for im, prompt in zip(images, prompts)]
+    prompts = ["USER: <image>\nWhat is it? ASSISTANT:", "USER: <image>\nand this one, the second? ASSISTANT:"]
+    # (a generated image token would have no image in the uncached runs)
+    generate_kwargs = {"max_new_tokens": 4, "do_sample": False, "suppress_tokens": [pipe.model.config.image_token_id]}
+    batched = pipe(images=images, text=prompts, batch_size=2, generate_kwargs=generate_kwargs, return_full_text=False)
+    alone = [
+        pipe(images=im, text=prompt, generate_kwargs={**generate_kwargs, "use_cache": False}, return_full_text=False)
+        for im, prompt in zip(images, prompts)
+    ]
 
     def text(item):
         return item[0]["generated_text"] if isinstance(item, list) else item["generated_text"]

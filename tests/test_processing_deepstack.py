@@ -202,7 +202,9 @@ def test_num_multimodal_tokens(processor, hd_processor):
 
 
 def test_save_load_round_trip(processor, tmp_path):
-    from transformers import AutoImageProcessor, AutoProcessor
+    from transformers import AutoProcessor
+
+    from deepstack_hf._compat import AutoImageProcessor  # 5.17's top-level one is a placeholder without torchvision
 
     processor.save_pretrained(tmp_path)
     loaded = AutoProcessor.from_pretrained(tmp_path)

@@ -49,8 +49,9 @@ else:
 import numpy as np
 import torch
 from PIL import Image
-from transformers import (AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageTextToText, AutoProcessor,
-                          pipeline)
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor, pipeline
+# (5.17's top-level `AutoImageProcessor` is a placeholder that demands torchvision; the class itself does not)
+from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
 source, image_path, question, new_tokens, out = sys.argv[1:6]
 result = {"refusals": {}}

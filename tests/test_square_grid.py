@@ -1,6 +1,6 @@
 """The square-grid option (`square_grid`, the original's `2xsample`): every image gets the `(sqrt N, sqrt N)` grid.
 
-Expectations are hand-derived (SPEC.md: a 672x672 canvas, 4 crops, 5 views for N = 4) or come from
+Expectations are hand-derived (docs/design.md: a 672x672 canvas, 4 crops, 5 views for N = 4) or come from
 `original_reference`, the independent plain-torch implementation of the original code.
 """
 
@@ -34,7 +34,7 @@ def test_square_grid_ignores_the_aspect_ratio(size, num_crops, side):
 
 
 def test_best_grid_is_kept_without_the_option():
-    # SPEC: a 40x25 image gets grid (1, 2) with N = 4; with 56-pixel crops a 400x60 strip gets (4, 1)
+    # docs/design.md: a 40x25 image gets grid (1, 2) with N = 4; with 56-pixel crops a 400x60 strip gets (4, 1)
     assert image_grid(40, 25, 4, 336) == (1, 2)
     assert image_grid(400, 60, 4, 56) == (4, 1) and image_grid(60, 400, 4, 56) == (1, 4)
 

@@ -1,7 +1,8 @@
 """Stack layouts against hand-built expectations.
 
 Every view's features are `(view, row, col)` triples, so each output row says exactly which token it holds;
-the expected tensors are written out token by token from SPEC.md's wording, with plain Python loops.
+the expected tensors are written out token by token from the wording of docs/design.md ("Features"), with
+plain Python loops.
 """
 
 import pytest

@@ -183,13 +183,3 @@ def test_extra_special_tokens_and_new_pad(sp_model_path):
 def test_missing_model_raises(tmp_path):
     with pytest.raises(ValueError):
         tokenizer_from_sentencepiece(tmp_path / "missing.model")
-
-
-def test_tiny_sentencepiece_trainer_keeps_its_old_import_path_without_a_runtime_sentencepiece_import():
-    import inspect
-
-    from deepstack_hf import tokenization
-    from deepstack_hf.conversion import tiny_sentencepiece
-
-    assert tokenization.train_tiny_sentencepiece is tiny_sentencepiece.train_tiny_sentencepiece
-    assert "import sentencepiece" not in inspect.getsource(tokenization)

@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 from transformers import Trainer, TrainingArguments
 
-from conftest import TINY_IMAGE_SIZE, TINY_PATCH_SIZE, tiny_deepstack_config
+from conftest import TINY_IMAGE_SIZE, TINY_PATCH_SIZE, tiny_deepstack_config, trainer_checkpointing_argument
 from deepstack_hf import DeepStackForConditionalGeneration, DeepStackImageProcessor, DeepStackProcessor
 from deepstack_hf.chat_templates import VICUNA_V1_TEMPLATE
 from deepstack_hf.conversion.tiny_sentencepiece import train_tiny_sentencepiece
@@ -55,12 +55,12 @@ def test_trainer_fine_tunes_with_gradient_checkpointing(tmp_path):
         per_device_train_batch_size=4,
         max_steps=20,
         learning_rate=1e-2,
-        activation_checkpointing=True,
         report_to=[],
         save_strategy="no",
         logging_steps=1,
         use_cpu=True,
         remove_unused_columns=False,
+        **trainer_checkpointing_argument(),
     )
     trainer = Trainer(model=model, args=args, train_dataset=EXAMPLES, data_collator=lambda rows: collate(processor, rows))
     result = trainer.train()

@@ -6,7 +6,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 import test_training as recipe  # the processor and collator of the DeepStack-L training test
-from conftest import tiny_deepstack_config
+from conftest import tiny_deepstack_config, trainer_checkpointing_argument
 from deepstack_hf import DeepStackForConditionalGeneration
 
 
@@ -54,7 +54,7 @@ def test_trainer_fine_tunes_deepstack_v_and_the_saved_model_reloads(tmp_path):
     assert batch["pixel_values"].shape[1] == 5  # every image: the global view and the 2x2 square grid
     before = loss_of(model, batch)
     extra_layer = model.model.vision_tower.post_encoder[0].mlp.fc1.weight.detach().clone()
-    trainer = train(model, processor, tmp_path, steps=10, learning_rate=2e-2, activation_checkpointing=True)
+    trainer = train(model, processor, tmp_path, steps=10, learning_rate=2e-2, **trainer_checkpointing_argument())
     after = loss_of(model, batch)
     assert after < 0.75 * before, (before, after)  # 5.75 -> 3.47 when written
     assert not torch.equal(model.model.vision_tower.post_encoder[0].mlp.fc1.weight, extra_layer)

@@ -166,7 +166,7 @@ def test_prompt_ids_are_the_processors(converted, prompt, with_bos):
 
 
 def test_placeholder_runs_follow_the_spec_token_counts(converted):
-    """Each image's placeholder run in vLLM's HD prompt has SPEC's length, 16 + 4h(4w + 1) for 4x4-patch views."""
+    """Each image's placeholder run in vLLM's HD prompt is 16 + 4h(4w + 1) tokens (docs/design.md)."""
     image_token_id = AutoProcessor.from_pretrained(converted["hd"]).image_token_id
     (runs,) = _vllm_generate(converted["hd"], [(QUESTION, [WIDE]), (QUESTION, [TALL])])
     grids = [select_best_grid(image.width, image.height, num_crops=4, crop_size=56) for image in (WIDE, TALL)]

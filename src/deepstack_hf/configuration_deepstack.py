@@ -4,7 +4,8 @@ from typing import Literal
 
 from huggingface_hub.dataclasses import strict
 from transformers import CONFIG_MAPPING, AutoConfig, PreTrainedConfig
-from transformers.activations import ACT2FN
+
+from ._compat import ACT2FN
 
 from .grid_layout import check_num_crops, num_stacks, short_repr, square_grid_for
 

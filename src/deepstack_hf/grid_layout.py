@@ -1,7 +1,7 @@
 """Crop-grid and token-count arithmetic shared by the image processor, the processor and the model.
 
 A *grid* is ``(grid_width, grid_height)``: how many 336-pixel crops wide and tall the high-resolution
-canvas of an image is (SPEC.md order, width first). Every function here is pure integer arithmetic so
+canvas of an image is (width first; docs/design.md, "The crop grid"). Every function here is pure integer arithmetic so
 that the processor (which counts placeholder tokens) and the model (which lays out features) can never
 disagree.
 """

@@ -1,6 +1,6 @@
 """Image processor for DeepStack-L and DeepStack-L-HD: the exact PIL / NumPy path (CPU).
 
-For every image it emits the 336-pixel views of SPEC.md "Preprocessing", in the original order:
+For every image it emits the 336-pixel views of docs/design.md ("Views"), in the original order:
 
 * plain: ``[image stretched to S x S] + crops (row-major) of the image stretched to the best canvas``;
 * HD: the same ``1 + w*h`` views, then the ``u*u`` crops of the image stretched to ``uS x uS``, then, for every
@@ -251,8 +251,9 @@ class DeepStackImageProcessingMixin:
         square_grid: bool | None = None,
         crop: int | None = None,
     ) -> tuple[int, int]:
-        """Crop grid ``(grid_width, grid_height)`` for an image of this size: SPEC's LLaVA-NeXT rule, or the square
-        grid with ``square_grid`` (see :func:`~deepstack_hf.grid_layout.image_grid`)."""
+        """Crop grid ``(grid_width, grid_height)`` for an image of this size: LLaVA-NeXT's best-fit rule, or the
+        square grid with ``square_grid`` (:func:`~deepstack_hf.grid_layout.image_grid`; docs/design.md, "The crop
+        grid")."""
         num_crops = self.num_crops if num_crops is None else num_crops
         square_grid = self.square_grid if square_grid is None else square_grid
         crop = self.crop_size.height if crop is None else crop

@@ -8,23 +8,34 @@ DeepStack-V (`config.deepstack_variant == "V"`) adds its stacks inside the visio
 ([`modeling_deepstack_vision`](./modeling_deepstack_vision.py)); its decoder gets none.
 """
 
+import dataclasses
+import inspect
 import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from transformers import AutoModel, PreTrainedModel
-from transformers import initialization as init
-from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache
-from transformers.generation import GenerationMixin
-from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
+from transformers import AutoModel, GenerationMixin, PreTrainedModel, logging
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, is_torchdynamo_compiling, logging, torch_compilable_check
-from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 
-from ._compat import select_hidden_states, slice_logits_to_keep
+from ._compat import (
+    ACT2FN,
+    CACHE_NAME,
+    CHUNKED_PREFILL_GETS_IMAGES,
+    GENERATE_ENCODES_IMAGES,
+    MultimodalBaseModelOutputWithPast,
+    MultimodalCausalLMOutputWithPast,
+    TransformersKwargs,
+    can_return_tuple,
+    init,
+    is_torchdynamo_compiling,
+    merge_with_config_defaults,
+    select_hidden_states,
+    slice_logits_to_keep,
+    torch_compilable_check,
+)
 from .configuration_deepstack import DeepStackConfig
 from .grid_layout import image_grid, num_views
 from .quantization import apply_default_bnb_skip_modules
@@ -44,17 +55,22 @@ class DeepStackImageFeaturesOutput(BaseModelOutputWithPooling):
 
     pooler_output (`list[torch.Tensor]`):
         Per image, its sequence features `(num_image_tokens, hidden_size)`.
-    deepstack_features (`list[list[torch.Tensor]]`):
+    deepstack_features (`list[list[torch.Tensor]]`, *optional*):
         Per stack k (K of them), per image, `(num_image_tokens, hidden_size)`: the rows added to that image's visual
-        tokens before decoder layer `config.deepstack_layers[k]`.
+        tokens before decoder layer `config.deepstack_layers[k]`. `None` for DeepStack-V, whose decoder gets no
+        stacks (generation's expansion of pre-encoded features for beams and `num_return_sequences` reads
+        `deepstack_features[0][0]` whenever the field is not `None`).
     """
 
     deepstack_features: list[list[torch.Tensor]] | None = None
 
 
 @dataclass
-class DeepStackModelOutputWithPast(BaseModelOutputWithPast):
+class DeepStackModelOutputWithPast(MultimodalBaseModelOutputWithPast):
     r"""
+    The installed release's multimodal `BaseModelOutputWithPast` (its fields, the KV cache under that release's name,
+    `image_outputs`: the [`DeepStackImageFeaturesOutput`] of the images, `None` without images) plus:
+
     image_hidden_states (`torch.Tensor` of shape `(num_visual_tokens, hidden_size)`, *optional*):
         The sequence features of all images of the batch, in visual-token order.
     """
@@ -63,21 +79,15 @@ class DeepStackModelOutputWithPast(BaseModelOutputWithPast):
 
 
 @dataclass
-class DeepStackCausalLMOutputWithPast(ModelOutput):
+class DeepStackCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
     r"""
-    loss (`torch.Tensor` of shape `()`, *optional*): next-token cross-entropy, returned when `labels` is given.
-    logits (`torch.Tensor` of shape `(batch_size, kept_positions, vocab_size)`): language-modeling scores.
-    past_key_values (`Cache`, *optional*): the KV cache to continue decoding with.
-    hidden_states, attentions (`tuple[torch.Tensor]`, *optional*): per-layer decoder outputs when requested.
+    The installed release's multimodal `CausalLMOutputWithPast` (`loss` `()`, `logits` `(batch_size, kept_positions,
+    vocab_size)`, the KV cache under that release's name, `hidden_states`, `attentions`, `image_outputs`) plus:
+
     image_hidden_states (`torch.Tensor` of shape `(num_visual_tokens, hidden_size)`, *optional*):
         The sequence features of all images of the batch, in visual-token order.
     """
 
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.Tensor] | None = None
-    attentions: tuple[torch.Tensor] | None = None
     image_hidden_states: torch.Tensor | None = None
 
 
@@ -111,7 +121,7 @@ class DeepStackPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [CACHE_NAME]
 
     _supports_flash_attn = True
     _supports_sdpa = True
@@ -250,7 +260,7 @@ class DeepStackModel(DeepStackPreTrainedModel):
                     "num_crops, or for other image sizes?"
                 )
 
-    def check_text_inputs(self, input_ids, inputs_embeds, past_key_values, has_images: bool) -> None:
+    def check_text_inputs(self, input_ids, inputs_embeds, cache, has_images: bool) -> None:
         """Warnings for image tokens without images (at prefill) and for a prompt past `max_position_embeddings`.
 
         Image tokens without images are a warning, not an error: generate()'s assisted decoding runs its assistant
@@ -259,7 +269,7 @@ class DeepStackModel(DeepStackPreTrainedModel):
         """
         if is_torchdynamo_compiling():
             return
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past = cache.get_seq_length() if cache is not None else 0
         if input_ids is not None and not has_images and past == 0:
             image_tokens = int((input_ids == self.config.image_token_id).sum())
             if image_tokens:
@@ -288,7 +298,7 @@ class DeepStackModel(DeepStackPreTrainedModel):
         r"""
         Encodes every real view, projects it and lays each image out into sequence features and K stacks. For
         DeepStack-V the tower consumes the local views itself and returns the global views only: each image gets its
-        global view's features and no decoder stacks (`deepstack_features == []`).
+        global view's features and no decoder stacks (`deepstack_features is None`).
 
         Args:
             pixel_values: `(num_images, max_views, 3, S, S)`, each image's views in processor order, then zero padding.
@@ -311,7 +321,8 @@ class DeepStackModel(DeepStackPreTrainedModel):
             pooler_output=list(sequences),
             hidden_states=image_outputs.hidden_states,
             attentions=image_outputs.attentions,
-            deepstack_features=[list(stack) for stack in zip(*(image_stacks.unbind(0) for image_stacks in stacks))],
+            deepstack_features=[list(stack) for stack in zip(*(image_stacks.unbind(0) for image_stacks in stacks))]
+            or None,
         )
 
     def layout_image(self, views: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -349,7 +360,6 @@ class DeepStackModel(DeepStackPreTrainedModel):
         image_sizes: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         mm_encoder_outputs: dict[str, DeepStackImageFeaturesOutput] | None = None,
         **kwargs: Unpack[TransformersKwargs],
@@ -361,9 +371,10 @@ class DeepStackModel(DeepStackPreTrainedModel):
             image_sizes: `(num_images, 2)` original `(height, width)`; required with `pixel_values`.
             attention_mask: `(batch_size, past + seq_len)`.
             position_ids: `(batch_size, seq_len)`.
-            past_key_values: KV cache.
             inputs_embeds: `(batch_size, seq_len, hidden_size)`, instead of `input_ids`.
             mm_encoder_outputs: `{"image": get_image_features(...)}`, pre-encoded images instead of `pixel_values`.
+            kwargs: passed on to the decoder as the installed release's decoder takes them; among them the KV cache,
+                under that release's name (`_compat.CACHE_NAME`: `past_key_values` up to 5.23, `cache` from 5.24).
 
         Returns:
             [`DeepStackModelOutputWithPast`] with `last_hidden_state` `(batch_size, seq_len, hidden_size)`.
@@ -374,7 +385,8 @@ class DeepStackModel(DeepStackPreTrainedModel):
         if pixel_values is not None and mm_encoder_outputs is not None:
             raise ValueError("You cannot specify both pixel_values and mm_encoder_outputs at the same time")
         image_output = (mm_encoder_outputs or {}).get("image")
-        self.check_text_inputs(input_ids, inputs_embeds, past_key_values, image_output is not None or pixel_values is not None)
+        has_images = image_output is not None or pixel_values is not None
+        self.check_text_inputs(input_ids, inputs_embeds, kwargs.get(CACHE_NAME), has_images)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
@@ -383,38 +395,35 @@ class DeepStackModel(DeepStackPreTrainedModel):
                 raise ValueError("image_sizes is required with pixel_values: it sets each image's crop grid.")
             image_output = self.get_image_features(pixel_values, image_sizes, return_dict=True)
 
-        image_features, visual_pos_masks, deepstack_embeds = None, None, None
+        image_features = None
         if image_output is not None:
             image_features = torch.cat(image_output.pooler_output).to(inputs_embeds.device, inputs_embeds.dtype)
             visual_pos_masks = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
             inputs_embeds = inputs_embeds.masked_scatter(visual_pos_masks.unsqueeze(-1), image_features)
-            stacks = image_output.deepstack_features
+            stacks = image_output.deepstack_features or []  # DeepStack-V: none for the decoder
             layers = self.config.deepstack_layers
             deepstack_embeds = {layer: torch.cat(stack) for layer, stack in zip(layers, stacks, strict=True)}
+            if deepstack_embeds:  # the decoder's layers get them through the stock forward's keyword arguments
+                kwargs.update(visual_pos_masks=visual_pos_masks, deepstack_embeds=deepstack_embeds)
 
         outputs = self.language_model(
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            visual_pos_masks=visual_pos_masks,
-            deepstack_embeds=deepstack_embeds,
-            **kwargs,
+            attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs
         )
         return DeepStackModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            image_outputs=image_output,
             image_hidden_states=image_features,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
         )
 
 
 class DeepStackForConditionalGeneration(DeepStackPreTrainedModel, GenerationMixin):
     """[`DeepStackModel`] with a language-modeling head.
 
-    Images are only seen at prefill: generation drops `pixel_values` / `image_sizes` (and pre-encoded
-    `mm_encoder_outputs`) after the first step, so cached decode steps add no stacks.
+    Images are only seen at prefill: generation drops `pixel_values` (and pre-encoded `mm_encoder_outputs`) after
+    the first step, so cached decode steps add no stacks.
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
@@ -441,6 +450,69 @@ class DeepStackForConditionalGeneration(DeepStackPreTrainedModel, GenerationMixi
         """See [`DeepStackModel.get_image_features`]."""
         return self.model.get_image_features(pixel_values=pixel_values, image_sizes=image_sizes, **kwargs)
 
+    def generate(self, *args, **kwargs):
+        """[`GenerationMixin.generate`], leaving the caller's pre-encoded images (`mm_encoder_outputs`) as they were.
+
+        Generation replaces fields of the image outputs it is handed (it repeats them per prompt for beams and
+        `num_return_sequences`, and slices them per prefill chunk); it gets shallow copies, so the caller's
+        `pooler_output` / `deepstack_features` lists keep their length and order. Image inputs that the installed
+        release's `generate` would hand the model wrongly are refused first ([`check_generation_images`]).
+        """
+        encoded = kwargs.get("mm_encoder_outputs")
+        if encoded is not None:
+            kwargs["mm_encoder_outputs"] = {
+                modality: None if output is None else dataclasses.replace(output) for modality, output in encoded.items()
+            }
+        self.check_generation_images(kwargs)
+        return super().generate(*args, **kwargs)
+
+    def check_generation_images(self, generate_kwargs: dict) -> None:
+        """`ValueError` for image inputs that older releases' `generate` would give the model wrongly.
+
+        * Before 5.23 (`CHUNKED_PREFILL_GETS_IMAGES` false) a chunked prefill (`prefill_chunk_size`) runs every chunk
+          without the images, so their tokens would be read as text.
+        * 5.17 (`GENERATE_ENCODES_IMAGES` false) repeats `pixel_values` image by image for beams and
+          `num_return_sequences` (`[A, B] -> [A, A, B, B]`), which is right only while no prompt holds two images,
+          and does not repeat pre-encoded `mm_encoder_outputs` at all.
+        """
+        images = [key for key in ("pixel_values", "mm_encoder_outputs") if generate_kwargs.get(key) is not None]
+        if not images:
+            return
+        config = generate_kwargs.get("generation_config") or self.generation_config
+        option = lambda name: generate_kwargs[name] if generate_kwargs.get(name) is not None else getattr(config, name)
+        if option("prefill_chunk_size") is not None and not CHUNKED_PREFILL_GETS_IMAGES:
+            raise ValueError(
+                f"This Transformers release runs the chunks of a chunked prefill without the images ({images[0]}): "
+                "pass prefill_chunk_size=None, or use Transformers >= 5.23."
+            )
+        if GENERATE_ENCODES_IMAGES or max(option("num_beams") or 1, option("num_return_sequences") or 1) == 1:
+            return
+        if "mm_encoder_outputs" in images:
+            raise ValueError(
+                "This Transformers release does not repeat pre-encoded mm_encoder_outputs for num_beams / "
+                "num_return_sequences > 1: pass pixel_values and image_sizes instead, or use Transformers >= 5.18."
+            )
+        input_ids = generate_kwargs.get("input_ids")
+        prompts_with_images = int((input_ids == self.config.image_token_id).any(-1).sum()) if input_ids is not None else 0
+        if generate_kwargs["pixel_values"].shape[0] > prompts_with_images:
+            raise ValueError(
+                "This Transformers release repeats pixel_values image by image for num_beams / num_return_sequences "
+                "> 1, which gives a prompt with several images the wrong images: use Transformers >= 5.18 for such "
+                "prompts."
+            )
+
+    def prepare_inputs_for_generation(self, *args, **kwargs):
+        """[`GenerationMixin.prepare_inputs_for_generation`]; pre-encoded images, like raw ones, go to the prefill only.
+
+        `mm_encoder_outputs` is dropped from cached decode steps (5.17 would hand it to every step).
+        """
+        if not kwargs.get("is_first_iteration", False) and kwargs.get("use_cache", True):
+            kwargs.pop("mm_encoder_outputs", None)
+        return super().prepare_inputs_for_generation(*args, **kwargs)
+
+    # `generate` checks its keyword arguments against this signature: keep the release's own (its cache name included)
+    prepare_inputs_for_generation.__signature__ = inspect.signature(GenerationMixin.prepare_inputs_for_generation)
+
     @can_return_tuple
     def forward(
         self,
@@ -449,7 +521,6 @@ class DeepStackForConditionalGeneration(DeepStackPreTrainedModel, GenerationMixi
         image_sizes: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
@@ -473,7 +544,6 @@ class DeepStackForConditionalGeneration(DeepStackPreTrainedModel, GenerationMixi
             image_sizes=image_sizes,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             mm_encoder_outputs=mm_encoder_outputs,
             **kwargs,
@@ -491,10 +561,11 @@ class DeepStackForConditionalGeneration(DeepStackPreTrainedModel, GenerationMixi
         return DeepStackCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            image_outputs=outputs.image_outputs,
             image_hidden_states=outputs.image_hidden_states,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
         )
 
 

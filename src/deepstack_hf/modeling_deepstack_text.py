@@ -1,24 +1,25 @@
-"""The DeepStack text decoder: any supported Llama-family decoder whose layers can receive visual stacks.
+"""The DeepStack text decoder: a stock Llama-family decoder whose layers receive visual stacks.
 
-One mixin adds stack injection to the stock Transformers decoder models: its `forward` is that of
-`LlamaModel` (same mask, rotary, cache and output-capturing machinery) with one extra step, adding
-`deepstack_embeds[i]` to the hidden states at the visual positions just before decoder layer `i` runs. The decoder
-layers, their weights and their names are the stock ones.
+The decoder classes are the installed Transformers release's own decoder models (`LlamaModel`, `MistralModel`,
+`Phi3Model`, `Qwen2Model`), their `forward` included and unchanged: masks, rotary embeddings, KV cache, attention
+backends, output capturing and gradient checkpointing are whatever that release does. DeepStack adds one thing, at
+the extension points the stock forward already offers:
+
+* the stock forward hands every keyword argument it does not know itself (`**kwargs`) to each decoder layer, so the
+  decoder's `visual_pos_masks` and `deepstack_embeds` arguments travel to every layer that way;
+* each decoder layer carries a forward pre-hook ([`VisualStackInjector`], registered with `with_kwargs=True` when the
+  decoder is built) that knows the layer's position `i` in `self.layers`. It takes both arguments out of the layer's
+  keyword arguments, so the layer itself never sees them, and adds `deepstack_embeds[i]` (if any) to the layer's input
+  hidden states at the visual positions before the layer runs.
+
+Layer weights, names and the decoder's output are the stock ones.
 """
 
 import torch
 
-from transformers.cache_utils import Cache, DynamicCache
-from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
-from transformers.modeling_outputs import BaseModelOutputWithPast
-from transformers.models.llama.modeling_llama import LlamaModel
-from transformers.models.mistral.modeling_mistral import MistralModel
-from transformers.models.phi3.modeling_phi3 import Phi3Model
-from transformers.models.qwen2.modeling_qwen2 import Qwen2Model
-from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs, torch_compilable_check
-from transformers.utils.generic import merge_with_config_defaults
-from transformers.utils.output_capturing import capture_outputs
+from transformers import LlamaModel, MistralModel, Phi3Model, Qwen2Model
+
+from ._compat import torch_compilable_check
 
 
 def add_visual_stack(hidden_states: torch.Tensor, visual_pos_masks: torch.Tensor, stack: torch.Tensor) -> torch.Tensor:
@@ -54,97 +55,81 @@ def check_stack_rows(visual_pos_masks: torch.Tensor | None, deepstack_embeds: di
         )
 
 
+class VisualStackInjector:
+    """Forward pre-hook (`with_kwargs=True`) of the decoder layer at position `layer_idx` of the decoder's `layers`.
+
+    Called with the layer's positional and keyword arguments as the stock decoder forward passes them
+    (`hidden_states` first, `(batch_size, seq_len, hidden_size)`). Removes `visual_pos_masks` and `deepstack_embeds`
+    from the keyword arguments and, when `deepstack_embeds` holds a stack for `layer_idx`, returns the hidden states
+    with that stack added at the visual positions ([`add_visual_stack`]).
+    """
+
+    def __init__(self, layer_idx: int):
+        self.layer_idx = layer_idx
+
+    def __call__(self, layer: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        visual_pos_masks = kwargs.pop("visual_pos_masks", None)
+        stack = (kwargs.pop("deepstack_embeds", None) or {}).get(self.layer_idx)
+        if stack is not None:
+            if args:
+                args = (add_visual_stack(args[0], visual_pos_masks, stack), *args[1:])
+            else:
+                kwargs["hidden_states"] = add_visual_stack(kwargs["hidden_states"], visual_pos_masks, stack)
+        return args, kwargs
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(layer_idx={self.layer_idx})"
+
+
 class DeepStackTextModelMixin:
     """Gives a Llama-family decoder model (`LlamaModel`, `Phi3Model`, ...) DeepStack's per-layer stack injection.
 
     Put it before the decoder model class: `class DeepStackLlamaTextModel(DeepStackTextModelMixin, LlamaModel)`.
-    Layers whose `config.layer_types` entry is `"sliding_attention"` (or every layer, when the config has a
-    `sliding_window` but no `layer_types`) get the sliding-window causal mask, the others the full causal mask.
+    Building the decoder registers one [`VisualStackInjector`] on each decoder layer; `forward` checks the stacks and
+    runs the stock decoder forward with them as extra keyword arguments.
     """
 
-    @merge_with_config_defaults
-    @capture_outputs
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        for layer_idx, layer in enumerate(self.layers):
+            layer.register_forward_pre_hook(VisualStackInjector(layer_idx), with_kwargs=True)
+
     def forward(
         self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        use_cache: bool | None = None,
+        *args,
         visual_pos_masks: torch.Tensor | None = None,
         deepstack_embeds: dict[int, torch.Tensor] | None = None,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> BaseModelOutputWithPast:
-        r"""
+        **kwargs,
+    ):
+        r"""The stock decoder forward (same arguments, same output), with DeepStack's two extra inputs.
+
         Args:
-            input_ids: `(batch_size, seq_len)`; exactly one of `input_ids` and `inputs_embeds` is given.
-            attention_mask: `(batch_size, past + seq_len)` padding mask (1 = keep), or a prepared mask.
-            position_ids: `(batch_size, seq_len)`; defaults to the positions after the cached ones.
-            past_key_values: KV cache; a `DynamicCache` is created when `use_cache` and none is given.
-            inputs_embeds: `(batch_size, seq_len, hidden_size)`.
             visual_pos_masks: bool `(batch_size, seq_len)`, `True` at the visual tokens of this input.
             deepstack_embeds: decoder layer index -> `(num_visual_tokens, hidden_size)` stack, rows in visual-token
-                order; added at `visual_pos_masks` just before that layer runs. `None` (decode steps) adds nothing.
+                order; added at `visual_pos_masks` just before that layer runs. `None` or `{}` (text-only inputs,
+                decode steps) adds nothing.
+            *args, **kwargs: the stock decoder's arguments (`input_ids` or `inputs_embeds` `(batch_size, seq_len,
+                hidden_size)`, `attention_mask`, `position_ids`, the KV cache under the release's own name, ...).
 
         Returns:
-            `BaseModelOutputWithPast` with `last_hidden_state` `(batch_size, seq_len, hidden_size)`.
+            The stock decoder's output (`BaseModelOutputWithPast`, `last_hidden_state` `(batch_size, seq_len,
+            hidden_size)`).
         """
-        if (input_ids is None) ^ (inputs_embeds is not None):
-            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
-        if inputs_embeds is None:
-            inputs_embeds = self.embed_tokens(input_ids)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
-        if position_ids is None:
-            past_seen_tokens = past_key_values.get_seq_length() if past_key_values is not None else 0
-            position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
-            position_ids = position_ids.unsqueeze(0)
+        if deepstack_embeds:
+            self.check_stack_layers(deepstack_embeds)
+            check_stack_rows(visual_pos_masks, deepstack_embeds)
+            kwargs.update(visual_pos_masks=visual_pos_masks, deepstack_embeds=deepstack_embeds)
+        return super().forward(*args, **kwargs)
 
-        layer_masks = self._layer_masks(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values,
-            position_ids=position_ids,
-        )
-        deepstack_embeds = deepstack_embeds or {}
-        check_stack_rows(visual_pos_masks, deepstack_embeds)
-        hidden_states = inputs_embeds
-        position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
-
-        for layer_idx, decoder_layer in enumerate(self.layers[: self.config.num_hidden_layers]):
-            if layer_idx in deepstack_embeds:
-                hidden_states = add_visual_stack(hidden_states, visual_pos_masks, deepstack_embeds[layer_idx])
-            hidden_states = decoder_layer(
-                hidden_states,
-                attention_mask=layer_masks[layer_idx],
-                position_embeddings=position_embeddings,
-                position_ids=position_ids,
-                past_key_values=past_key_values,
-                use_cache=use_cache,
-                **kwargs,
+    def check_stack_layers(self, deepstack_embeds: dict[int, torch.Tensor]) -> None:
+        """A stack keyed by anything but the index of a decoder layer that runs would never be added."""
+        num_layers = min(len(self.layers), self.config.num_hidden_layers)
+        unknown = sorted(str(layer) for layer in deepstack_embeds if not (isinstance(layer, int) and 0 <= layer < num_layers))
+        if unknown:
+            raise ValueError(
+                f"deepstack_embeds has stacks for {', '.join(unknown)}, which are not decoder layer indices "
+                f"(0 ... {num_layers - 1})."
             )
-
-        hidden_states = self.norm(hidden_states)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=past_key_values)
-
-    def _layer_masks(self, **mask_kwargs) -> list:
-        """One attention mask per decoder layer, built once per attention type.
-
-        An `attention_mask` that is already a dict `{layer type: mask}` (what `GenerationMixin` prepares for
-        static-cache and compiled generation, and what the stock `Qwen2Model` accepts) is used as given.
-        """
-        sliding_default = "sliding_attention" if getattr(self.config, "sliding_window", None) else "full_attention"
-        layer_types = getattr(self.config, "layer_types", None) or [sliding_default] * self.config.num_hidden_layers
-        masks = mask_kwargs["attention_mask"]
-        if not isinstance(masks, dict):
-            builders = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
-            masks = {layer_type: builders[layer_type](**mask_kwargs) for layer_type in set(layer_types)}
-        missing = set(layer_types) - set(masks)
-        if missing:
-            raise ValueError(f"The attention mask dict has no mask for the layer type(s) {sorted(missing)}.")
-        return [masks[layer_type] for layer_type in layer_types]
 
 
 class DeepStackLlamaTextModel(DeepStackTextModelMixin, LlamaModel):
@@ -188,6 +173,7 @@ __all__ = [
     "DeepStackPhi3TextModel",
     "DeepStackQwen2TextModel",
     "DeepStackTextModelMixin",
+    "VisualStackInjector",
     "add_visual_stack",
     "check_stack_rows",
     "text_model_class",

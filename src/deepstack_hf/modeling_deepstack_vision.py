@@ -1,6 +1,6 @@
 """DeepStack-V's vision tower: a CLIP ViT whose global view receives the high-resolution stacks inside its layers.
 
-SPEC.md "DeepStack-V": every view of an image (the global view, then its `n*n` crops row-major) gets CLIP's
+docs/design.md, "DeepStack-V": every view of an image (the global view, then its `n*n` crops row-major) gets CLIP's
 embeddings and `pre_layrnorm`; the layers before the split layer S run on all views as one batch. Before layer S
 the local views' patch states are regrouped into `n*n` stacks ([`stack_layout.vision_tower_stacks`]) and only the
 global view goes on; stack k is added to its patch tokens (CLS untouched) at the input of layer S + k. The layer
@@ -15,19 +15,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from transformers import CLIPVisionConfig
+from transformers import CLIPPreTrainedModel, CLIPVisionConfig
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.models.clip.modeling_clip import (
-    CLIPAttention,
-    CLIPEncoder,
-    CLIPEncoderLayer,
-    CLIPPreTrainedModel,
-    CLIPVisionEmbeddings,
-)
 from transformers.processing_utils import Unpack
-from transformers.utils import TransformersKwargs
-from transformers.utils.output_capturing import capture_outputs
 
+from ._compat import CLIPAttention, CLIPEncoder, CLIPEncoderLayer, CLIPVisionEmbeddings, TransformersKwargs, capture_outputs
 from .stack_layout import vision_tower_stacks
 
 

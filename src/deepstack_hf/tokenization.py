@@ -178,14 +178,4 @@ def match_slow_word_boundaries(tokenizer, image_token: str | None = "<image>"):
     return tokenizer
 
 
-def __getattr__(name: str):
-    """`train_tiny_sentencepiece` (a test and demo helper) lives in `conversion.tiny_sentencepiece`; it stays
-    importable from here, its former home, without this runtime module importing `sentencepiece`."""
-    if name == "train_tiny_sentencepiece":
-        from .conversion.tiny_sentencepiece import train_tiny_sentencepiece
-
-        return train_tiny_sentencepiece
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = ["match_slow_word_boundaries", "tokenizer_from_sentencepiece"]

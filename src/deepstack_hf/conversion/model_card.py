@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# SPEC.md, "Released checkpoints": paper scores (VQAv2 / GQA / TextVQA / DocVQA / InfoVQA / SEED / POPE).
+# The paper's scores of the released checkpoints (arXiv 2406.04334): VQAv2 / GQA / TextVQA / DocVQA / InfoVQA / SEED / POPE.
 BENCHMARKS = ("VQAv2", "GQA", "TextVQA", "DocVQA", "InfoVQA", "SEED", "POPE")
 PAPER_SCORES = {
     "menglc/deepstack-l-vicuna-7b": (79.5, 63.1, 62.4, 39.1, 29.8, 60.6, 86.7),

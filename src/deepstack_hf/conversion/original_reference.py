@@ -1,8 +1,8 @@
 """An independent, plain-torch implementation of the ORIGINAL DeepStack model, straight from its original files.
 
-Used by `deepstack-convert --verify` and by the tests to check converted models. It is written from SPEC.md
-alone and deliberately shares no code with this package's modeling, image processing, processor, grid maths or
-tokenizer conversion: its own header reader use aside, everything here (prompt ids with SentencePiece, image
+Used by `deepstack-convert --verify` and by the tests to check converted models. It is written from the
+original's rules as docs/design.md states them and deliberately shares no code with this package's modeling,
+image processing, processor, grid maths or tokenizer conversion: its own header reader use aside, everything here (prompt ids with SentencePiece, image
 preprocessing with PIL/numpy, CLIP ViT, projector, Llama / Phi-3 decoders with rotary embeddings, RMSNorm,
 attention and MLP, stack construction and injection) is re-derived, so that agreement with the converted
 Transformers model is evidence and not a tautology.
@@ -11,7 +11,7 @@ Variants: DeepStack-L (plain and HD), the `2xsample` square grid, and DeepStack-
 `lsvit_start_layer_S`: stacks into the ViT's layers, the 5 extra layers of the checkpoint when S >= L).
 
 Scope: batch size 1 (like the original), any number of images per prompt (each image's stacks are added at that
-image's own visual positions, as SPEC.md requires), fp32 compute, no KV cache (greedy decoding recomputes the
+image's own visual positions: docs/design.md, "Where the stacks are added"), fp32 compute, no KV cache (greedy decoding recomputes the
 full sequence, which is mathematically the same as the original's cached decode), rotary scaling `None` or
 `linear`.
 """
@@ -40,7 +40,7 @@ VICUNA_SYSTEM = (
 
 
 def original_prompt(model_type: str, question: str, num_images: int = 1) -> str:
-    """The original conversation templates (SPEC.md 'Prompts and token ids'), one user turn, generation prompt."""
+    """The original conversation templates (docs/design.md, "Prompts"), one user turn, generation prompt."""
     body = "<image>\n" * num_images + question
     if model_type == "deepstack_phi":
         return f"<|system|>\nYou are a helpful AI assistant.<|end|>\n<|user|>\n{body}<|end|>\n<|assistant|>\n"
@@ -182,7 +182,7 @@ class ClipPreprocessing:
 
 
 def grid_for(width: int, height: int, num_crops: int, crop: int) -> tuple[int, int]:
-    """LLaVA-NeXT best resolution over the w-major candidate grids of SPEC.md; returns (w, h)."""
+    """LLaVA-NeXT best resolution over the w-major candidate grids (docs/design.md, "The crop grid"); returns (w, h)."""
     best, best_effective, best_waste = None, -1, None
     for w in range(1, num_crops + 1):
         for h in range(1, num_crops // w + 1):
@@ -257,7 +257,7 @@ VISION_ACTS = {"quick_gelu": quick_gelu, "gelu": lambda x: F.gelu(x), "gelu_new"
 
 # --------------------------------------------------------------------------------------------- the model
 class OriginalDeepStack:
-    """The original DeepStack forward (SPEC.md) on the original checkpoint files.
+    """The original DeepStack forward (docs/design.md) on the original checkpoint files.
 
     Args:
         checkpoint_dir: the original-format checkpoint directory.
@@ -388,7 +388,7 @@ class OriginalDeepStack:
         return int(splits[0].rsplit("_", 1)[1])
 
     def vit_image_features(self, image: Image.Image, split: int):
-        """DeepStack-V, SPEC.md: (sequence tokens (p*p, hidden), no decoder stacks) of one image.
+        """DeepStack-V (docs/design.md, "DeepStack-V"): (sequence tokens (p*p, hidden), no decoder stacks) of one image.
 
         The grid is always (sqrt N, sqrt N) (what `2xsample` gives; the original without it only runs on images
         whose best grid is already square).

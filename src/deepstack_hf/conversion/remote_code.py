@@ -24,8 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from transformers.dynamic_module_utils import custom_object_save
 
+from .._compat import custom_object_save
 from ..configuration_deepstack import DeepStackConfig
 from ..image_processing_deepstack import DeepStackImageProcessor
 from ..modeling_deepstack import DeepStackForConditionalGeneration, DeepStackModel

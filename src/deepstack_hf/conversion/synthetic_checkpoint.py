@@ -80,7 +80,7 @@ def _meta_shapes(model_class, config, prefix: str = "") -> dict[str, tuple[int, 
 
 def _post_encoder_shapes(clip_config, num_layers: int) -> dict[str, tuple[int, ...]]:
     """Names and shapes of DeepStack-V's extra CLIP layers in the original layout."""
-    from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+    from .._compat import CLIPEncoderLayer
 
     shapes = {}
     for index in range(num_layers):
