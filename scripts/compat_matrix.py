@@ -38,6 +38,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 import xml.etree.ElementTree as ElementTree
@@ -63,7 +64,7 @@ REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[[^\]]*\])?\s*([
 # Run inside an extra's venv (its python): import what the extra's requirements provide and load the package's
 # plugin entry points whose host library is installed. argv: the extra, then NAME=SUBSTITUTE pairs.
 IMPORT_CHECK = r"""
-import importlib, importlib.metadata as md, importlib.util, sys, traceback
+import importlib, importlib.metadata as md, importlib.util, sys
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -316,12 +317,14 @@ class Venv:
         (self.path / "install.json").write_text(json.dumps(record, indent=1))
 
     def transformers_version(self) -> str:
-        code, out = self.output(self.python, "-c", "from importlib.metadata import version; print(version('transformers'))")
+        script = "from importlib.metadata import version; print(version('transformers'))"
+        code, out = self.output(self.python, "-c", script)
         return out.strip() if code == 0 else "?"
 
     def drop_broken_torchvision(self) -> str | None:
         """Uninstall a torchvision that does not load beside the pinned torch; the note says so."""
-        present = self.run(self.python, "-c", "import importlib.util as u; assert u.find_spec('torchvision')", check=False)
+        script = "import importlib.util as u; assert u.find_spec('torchvision')"
+        present = self.run(self.python, "-c", script, check=False)
         if present.returncode or self.run(self.python, "-c", TORCHVISION_CHECK, check=False).returncode == 0:
             return None
         self.run(self.python, "-m", "pip", "uninstall", "--quiet", "--yes", "torchvision")
@@ -387,10 +390,8 @@ def install_extra(venv: Venv, target: Target, record: dict, requirements: list[s
 
 def install_substitute(venv: Venv, extra: str, requirements: list[str], name: str, left_out: tuple) -> dict:
     """The extra's library under its CPU name, with its requirements minus `left_out`, then the package."""
-    specifier = next(
-        (REQUIREMENT.match(line).group(3).strip() for line in requirements if REQUIREMENT.match(line).group(1) == extra),
-        "",
-    )
+    matches = [REQUIREMENT.match(line) for line in requirements]
+    specifier = next((match.group(3).strip() for match in matches if match and match.group(1) == extra), "")
     venv.pip("packaging")
     venv.pip("--no-deps", f"{name}{specifier}")
     lister = (
@@ -524,8 +525,8 @@ def run_target(target: Target, args, pyproject: dict, sources: str) -> Result:
         result.transformers = venv.transformers_version()
         print(f"=== {target.name}: transformers {result.transformers}, running tests", flush=True)
         returncode, counts = run_pytest(
-            venv, target, args.cache / "results" / f"{target.name}{run_kind}.xml", logs / f"{target.name}{run_kind}.log",
-            args.timeout,
+            venv, target, args.cache / "results" / f"{target.name}{run_kind}.xml",
+            logs / f"{target.name}{run_kind}.log", args.timeout,
         )
         for key in ("passed", "failed", "errors", "skipped", "failures"):
             setattr(result, key, counts[key])
@@ -599,22 +600,26 @@ def portable(text: str) -> str:
 
 
 def write_doc(targets: list[Target], results: dict[str, Result], declared: str, args) -> None:
-    header = "| target | installed | result | tests | time | date (commit) | detail |\n| --- | --- | --- | --- | --- | --- | --- |"
+    header = "| target | installed | result | tests | time | date (commit) | detail |\n" + "| --- " * 7 + "|"
     rows = table_rows(targets, results)
     lines = [
         "# Compatibility",
         "",
-        f"Written by `make test-compat` (`scripts/compat_matrix.py`) on {datetime.date.today().isoformat()}; do not edit by",
-        "hand. The package declares `" + declared + "` (pyproject.toml). Each Transformers minor release from the",
-        "lower bound to the newest on the package index gets a fresh venv (`torch==" + args.torch_version + "` pinned",
-        "first, then `.[test]` with `transformers==5.N.*`, the newest patch) and the whole suite; each extra gets its",
-        "own venv (`.[EXTRA]`, an import check of what it provides, then its tests beside `.[test]`: one of its test",
-        "files skipped entirely there counts as a failure; an extra that cannot install is skipped with pip's reason).",
-        "A release above the declared range is tested to tell whether the bound can move. Rows keep their own date and",
-        "commit: a row not re-run shows its last recorded result. Counts are pytest's (JUnit report).",
+        textwrap.fill(
+            f"Written by `make test-compat` (`scripts/compat_matrix.py`) on {datetime.date.today().isoformat()}; "
+            f"do not edit by hand. The package declares `{declared}` (pyproject.toml). Each Transformers minor release "
+            "from the lower bound to the newest on the package index gets a fresh venv "
+            f"(`torch=={args.torch_version}` pinned first, then `.[test]` with `transformers==5.N.*`, the newest "
+            "patch) and the whole suite; each extra gets its own venv (`.[EXTRA]`, an import check of what it "
+            "provides, then its tests beside `.[test]`: one of its test files skipped entirely there counts as a "
+            "failure; an extra that cannot install is skipped with pip's reason). A release above the declared range "
+            "is tested to tell whether the bound can move. Rows keep their own date and commit: a row not re-run "
+            "shows its last recorded result. Counts are pytest's (JUnit report).",
+            width=116,
+        ),
         "",
         f"Machine: Python {platform.python_version()}, {platform.system()} {platform.machine()}, torch "
-        f"{args.torch_version}" + (f" from {args.torch_index}" if args.torch_index else " from the default index") + ".",
+        f"{args.torch_version} from " + (args.torch_index or "the default index") + ".",
         "",
         header,
     ]
@@ -700,7 +705,7 @@ def main(argv=None) -> int:
         stored = results.get(target.name)
         recorded = stored and stored.sources == sources and stored.status in ("passed", "failed", "skipped")
         if args.resume and not args.tests and recorded:
-            print(f"=== {target.name}: recorded on {stored.date} for these sources ({stored.status}), skipped (--resume)")
+            print(f"=== {target.name}: recorded on {stored.date} for these sources ({stored.status}), not re-run")
             continue
         results[target.name] = run_target(target, args, pyproject, sources)
 
