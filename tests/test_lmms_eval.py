@@ -3,13 +3,10 @@
 Runs only where lmms-eval is installed (the `lmms-eval` extra; docs/evaluation.md records a run and the install
 that keeps the CPU torch). A tiny converted checkpoint answers a four-question VQA task whose dataset is saved to
 disk and whose yaml is passed with `--include_path`, in batches of three over images of different grids. The
-independent expectation is the package used directly, one question at a time.
+independent expectation is the package used directly, one question at a time. The test reads what lmms-eval wrote
+(the results JSON and the samples JSONL): lmms-eval exits 0 and prints its table even when every request failed.
 """
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -24,6 +21,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E40
 import deepstack_hf  # noqa: E402,F401
 from deepstack_hf.conversion import convert_checkpoint  # noqa: E402
 from deepstack_hf.conversion.synthetic_checkpoint import build_synthetic_checkpoint  # noqa: E402
+from lmms_eval_run import run_lmms_eval, samples_and_results  # noqa: E402
 
 TASK = "deepstack_tiny_vqa"
 POST_PROMPT = "\nAnswer the question using a single word or phrase."
@@ -114,23 +112,42 @@ def one_at_a_time(model_dir, images):
 def test_lmms_eval_runs_the_deepstack_plugin_batched(tiny_task):
     root, model_dir, images = tiny_task
     out = root / "results"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(root / "hf_home"))
-    command = [
-        sys.executable, "-m", "lmms_eval",
-        "--model", "deepstack",
-        "--model_args", f"pretrained={model_dir},device=cpu,dtype=float32",
-        "--tasks", TASK,
-        "--include_path", str(root / "tasks"),
-        "--batch_size", "3",
-        "--log_samples",
-        "--output_path", str(out),
-    ]
-    completed = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True, timeout=500)
-    assert completed.returncode == 0, (completed.stdout[-3000:], completed.stderr[-3000:])
-    assert TASK in completed.stdout  # the results table
+    completed = run_lmms_eval(root, TASK, f"pretrained={model_dir},device=cpu,dtype=float32", 3, out)
 
-    sample_files = list(out.rglob(f"*samples_{TASK}.jsonl"))
-    assert len(sample_files) == 1, list(out.rglob("*"))
-    samples = [json.loads(line) for line in sample_files[0].read_text().splitlines()]
-    answers = {sample["doc_id"]: sample["filtered_resps"] for sample in samples}
-    assert [answers[i] for i in range(len(QUESTIONS))] == one_at_a_time(model_dir, images)
+    expected = one_at_a_time(model_dir, images)
+    gold = ["red", "two", "blue", "no"]
+    samples, results = samples_and_results(out, TASK, completed)
+    assert [sample["doc_id"] for sample in samples] == list(range(len(QUESTIONS)))  # every question, once
+    assert [sample["filtered_resps"] for sample in samples] == expected
+    assert [sample["input"] for sample in samples] == [question + POST_PROMPT for question in QUESTIONS]
+    assert [sample["target"] for sample in samples] == gold
+    matches = [float(answer.strip().lower() == truth) for answer, truth in zip(expected, gold)]
+    assert [sample["exact_match"] for sample in samples] == matches
+
+    assert results["results"][TASK]["exact_match,none"] == pytest.approx(sum(matches) / len(matches))
+    assert results["n-samples"][TASK] == {"original": len(QUESTIONS), "effective": len(QUESTIONS)}
+    assert results["config"]["model"] == "deepstack"
+    assert str(results["config"]["batch_size"]) == "3"
+
+
+def test_batch_size_in_model_args_names_the_option_to_use(tiny_task):
+    root, model_dir, _ = tiny_task
+    out = root / "results-model-args"
+    completed = run_lmms_eval(root, TASK, f"pretrained={model_dir},device=cpu,batch_size=4", 1, out)
+    assert "`batch_size=4` in --model_args" in completed.stderr + completed.stdout
+    assert "run with `--batch_size 4`" in completed.stderr + completed.stdout
+    assert not list(out.rglob("*.json*"))  # nothing evaluated, nothing written
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [("auto", "does not search for a batch size"), ("auto:4", "does not search for a batch size"),
+     ("0", "expected a whole number >= 1"), ("two", "expected a whole number >= 1")],
+)
+def test_batch_size_other_than_a_positive_number_is_refused_before_loading(value, message):
+    from deepstack_hf.lmms_eval_model import DeepStackLMMs
+
+    # The folder does not exist: the refusal must come before anything is loaded.
+    with pytest.raises(ValueError, match=message) as refusal:
+        DeepStackLMMs(pretrained="no-such-folder", batch_size=value)
+    assert "--batch_size 8" in str(refusal.value)

@@ -9,10 +9,6 @@ built here by hand from every decoded frame (frames `k * floor(T / 6)`, two to a
 an image, one question at a time.
 """
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -29,6 +25,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E40
 import deepstack_hf  # noqa: E402,F401
 from deepstack_hf.conversion import convert_checkpoint  # noqa: E402
 from deepstack_hf.conversion.synthetic_checkpoint import build_synthetic_checkpoint  # noqa: E402
+from lmms_eval_run import run_lmms_eval, samples_and_results  # noqa: E402
 from synthetic_video import decode_every_frame, write_numbered_video  # noqa: E402
 
 TASK = "deepstack_tiny_video_qa"
@@ -120,24 +117,10 @@ def one_at_a_time(model_dir, paths):
 def test_lmms_eval_answers_a_video_task_through_the_grid(tiny_task, batch_size):
     root, model_dir, paths = tiny_task
     out = root / f"results-{batch_size}"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(root / "hf_home"))
-    command = [
-        sys.executable, "-m", "lmms_eval",
-        "--model", "deepstack",
-        "--model_args", f"pretrained={model_dir},device=cpu,dtype=float32",
-        "--tasks", TASK,
-        "--include_path", str(root / "tasks"),
-        "--batch_size", str(batch_size),
-        "--log_samples",
-        "--output_path", str(out),
-    ]
-    completed = subprocess.run(command, env=env, cwd=root, capture_output=True, text=True, timeout=500)
-    assert completed.returncode == 0, (completed.stdout[-3000:], completed.stderr[-3000:])
-    assert TASK in completed.stdout  # the results table
+    completed = run_lmms_eval(root, TASK, f"pretrained={model_dir},device=cpu,dtype=float32", batch_size, out)
 
-    sample_files = list(out.rglob(f"*samples_{TASK}.jsonl"))
-    assert len(sample_files) == 1, list(out.rglob("*"))
-    samples = [json.loads(line) for line in sample_files[0].read_text().splitlines()]
-    responses = {sample["doc_id"]: sample["filtered_resps"] for sample in samples}
-    answers = [responses[i][0] if isinstance(responses[i], list) else responses[i] for i in range(len(QUESTIONS))]
-    assert answers == one_at_a_time(model_dir, paths)
+    samples, results = samples_and_results(out, TASK, completed)
+    assert [sample["doc_id"] for sample in samples] == list(range(len(QUESTIONS)))  # every question, once
+    assert [sample["filtered_resps"] for sample in samples] == one_at_a_time(model_dir, paths)
+    assert results["n-samples"][TASK] == {"original": len(QUESTIONS), "effective": len(QUESTIONS)}
+    assert str(results["config"]["batch_size"]) == str(batch_size)

@@ -41,15 +41,40 @@ def manifest() -> ModelManifest:
     return ModelManifest(model_id=MODEL_NAME, simple_class_path=f"{__name__}.DeepStackLMMs")
 
 
+def positive_batch_size(value: int | str) -> int:
+    """lmms-eval's `--batch_size` as a number >= 1; `auto` / `auto:N` (a search for the largest batch) is refused."""
+    text = str(value).strip()
+    if text.startswith("auto"):
+        raise ValueError(
+            f"--batch_size {text}: the `{MODEL_NAME}` model does not search for a batch size; give a number, "
+            "e.g. `--batch_size 8` (lower it if memory runs out)."
+        )
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"--batch_size {text}: expected a whole number >= 1, e.g. `--batch_size 8`.")
+    return int(text)
+
+
 class DeepStackLMMs(lmms):
     """lmms-eval's `generate_until` for DeepStack.
 
     Model arguments (`--model_args key=value,...`): `pretrained` (repo id or folder), `revision`, `device`
     (default: the accelerate process's GPU, else `cpu`), `dtype` (`auto`, `float16`, `bfloat16`, `float32`),
-    `batch_size`, `attn_implementation`.
+    `attn_implementation`. The batch size is lmms-eval's own `--batch_size N` (a number: `auto` is refused).
     """
 
     is_simple = True
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "DeepStackLMMs":
+        """lmms-eval's constructor: refuses a `--model_args` key that lmms-eval also passes (`batch_size` always)."""
+        model_args = utils.simple_parse_args_string(arg_string)
+        for key, value in (additional_config or {}).items():
+            if key in model_args and value is not None:
+                raise ValueError(
+                    f"`{key}={model_args[key]}` in --model_args: lmms-eval passes its own `--{key}` ({value}) to every "
+                    f"model; drop it from --model_args and run with `--{key} {model_args[key]}`."
+                )
+        return super().create_from_arg_string(arg_string, additional_config)
 
     def __init__(
         self,
@@ -64,6 +89,7 @@ class DeepStackLMMs(lmms):
         super().__init__()
         if kwargs:
             raise ValueError(f"Unknown model arguments for `{MODEL_NAME}`: {sorted(kwargs)}")
+        self.batch_size_per_gpu = positive_batch_size(batch_size)
         accelerator = Accelerator()
         if device is None:
             device = str(accelerator.device)
@@ -77,7 +103,6 @@ class DeepStackLMMs(lmms):
             pretrained, revision=revision, dtype=dtype, attn_implementation=attn_implementation, device_map=self._device
         )
         self._model.eval()
-        self.batch_size_per_gpu = int(batch_size)
 
     @property
     def model(self):
