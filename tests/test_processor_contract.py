@@ -19,6 +19,7 @@ from conftest import TINY_IMAGE_SIZE, TINY_PATCH_SIZE, tiny_deepstack_config
 from slow_llama_tokenizer import chunkwise_ids, slow_llama_encoder
 
 from deepstack_hf import DeepStackForConditionalGeneration, DeepStackImageProcessor, DeepStackProcessor
+from deepstack_hf._compat import ASSISTANT_MASKS_FOLLOW_IMAGE_EXPANSION
 from deepstack_hf.chat_templates import PHI3_INSTRUCT_TEMPLATE, VICUNA_V1_TEMPLATE
 from deepstack_hf.conversion.tiny_sentencepiece import train_tiny_sentencepiece
 from deepstack_hf.tokenization import tokenizer_from_sentencepiece
@@ -176,6 +177,21 @@ def masked_runs(ids, mask):
     return runs + ([current] if current else [])
 
 
+MASKS_NEED = "Transformers >= 5.18 (5.17 computes assistant masks before the image expansion)"
+needs_expanded_masks = pytest.mark.skipif(not ASSISTANT_MASKS_FOLLOW_IMAGE_EXPANSION, reason=MASKS_NEED)
+
+
+@pytest.mark.skipif(ASSISTANT_MASKS_FOLLOW_IMAGE_EXPANSION, reason="the refusal is for releases before 5.18")
+def test_assistant_masks_are_refused_where_the_release_computes_them_before_the_expansion(processor):
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]}]
+    with pytest.raises(ValueError, match="5.18"):
+        processor.apply_chat_template(
+            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, images=[image(10, 10)]
+        )
+
+
+@needs_expanded_masks
 @pytest.mark.parametrize("template", ["vicuna_v1", "phi3_instruct"])
 def test_assistant_masks_cover_the_answers_and_their_end_token(processor, phi3_processor, template):
     proc = processor if template == "vicuna_v1" else phi3_processor
@@ -191,6 +207,7 @@ def test_assistant_masks_cover_the_answers_and_their_end_token(processor, phi3_p
     assert proc.image_token_id not in [token for run in runs for token in run]
 
 
+@needs_expanded_masks
 def test_batched_assistant_masks_with_right_padding(processor):
     batch = [conversation(image(40, 25)), conversation(image(25, 40))[:2]]
     out = processor.apply_chat_template(

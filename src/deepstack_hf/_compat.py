@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from functools import wraps
 
 import torch
+import transformers
+from packaging import version
 from transformers import GenerationMixin
 from transformers.generation import utils as generation_utils
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
@@ -53,6 +55,11 @@ GENERATE_ENCODES_IMAGES = hasattr(GenerationMixin, "_prepare_multimodal_encoder_
 # Whether a chunked prefill (`generate(prefill_chunk_size=...)`) hands each chunk the pre-encoded image rows of its own
 # placeholder tokens (5.23 on); earlier releases run every chunk as a decode step, without images.
 CHUNKED_PREFILL_GETS_IMAGES = hasattr(generation_utils, "_slice_mm_encoder_output")
+
+# Whether `ProcessorMixin.apply_chat_template(..., return_assistant_tokens_mask=True)` computes the masks on the text
+# after each `<image>` is expanded into its image tokens (5.18 on); 5.17 computes them on the unexpanded text, so they
+# miss the answers of a prompt with images.
+ASSISTANT_MASKS_FOLLOW_IMAGE_EXPANSION = version.parse(transformers.__version__) >= version.parse("5.18")
 
 try:  # 5.24 on: a vision-language model's outputs carry each modality encoder's output (`image_outputs`, ...)
     from transformers.modeling_outputs import MultimodalBaseModelOutputWithPast, MultimodalCausalLMOutputWithPast
@@ -105,6 +112,7 @@ __all__ = [
     "CLIPEncoderLayer",
     "CLIPVisionEmbeddings",
     "CHUNKED_PREFILL_GETS_IMAGES",
+    "ASSISTANT_MASKS_FOLLOW_IMAGE_EXPANSION",
     "GENERATE_ENCODES_IMAGES",
     "MultimodalBaseModelOutputWithPast",
     "MultimodalCausalLMOutputWithPast",

@@ -28,6 +28,7 @@ from transformers.processing_utils import MultiModalData, ProcessingKwargs, Proc
 from transformers.utils import is_torch_available
 from transformers.video_processing_utils import BaseVideoProcessor
 
+from ._compat import ASSISTANT_MASKS_FOLLOW_IMAGE_EXPANSION
 from .chat_escaping import ESCAPED_RUN, control_token_pattern, escape_control_tokens, unescape
 from .grid_layout import candidate_grids, num_views
 from .image_processing_deepstack import _flatten_images
@@ -169,6 +170,11 @@ class DeepStackProcessor(ProcessorMixin):
         Transformers does."""
         sanitize = kwargs.pop("sanitize_control_tokens", False)
         masks = kwargs.get("return_assistant_tokens_mask")
+        if masks and not ASSISTANT_MASKS_FOLLOW_IMAGE_EXPANSION:
+            raise ValueError(
+                "return_assistant_tokens_mask=True needs Transformers >= 5.18: this release computes the masks before "
+                "each <image> is expanded into its image tokens, so they would miss the answers."
+            )
         if sanitize and (not kwargs.get("tokenize") or masks):
             raise ValueError(
                 "`sanitize_control_tokens=True` requires `tokenize=True` and is not compatible with "
@@ -234,6 +240,8 @@ class DeepStackProcessor(ProcessorMixin):
             images = _flatten_images(images)
         if videos is not None or (text is not None and any(self.video_token in sample for sample in text)):
             images, text = self.videos_as_images(images, text, videos, **kwargs)
+        elif text is not None:  # older releases (5.17, 5.19) do not compare the markers with the images themselves
+            self._check_marker_count(text, self.image_token, "image", images)
         return images, text, None, None
 
     def videos_as_images(self, images, text, videos, **kwargs) -> tuple[list | None, list[str] | None]:
@@ -256,11 +264,7 @@ class DeepStackProcessor(ProcessorMixin):
             if isinstance(videos, (list, tuple)) and not any(is_frame_list(item) for item in videos):
                 self._check_per_prompt(text, videos, self.video_token, "video", make_video_list)
             for token, noun, given in ((self.video_token, "video", video_list), (self.image_token, "image", images)):
-                markers, count = sum(sample.count(token) for sample in text), len(given or [])
-                if markers != count:
-                    raise ValueError(
-                        f"The text contains {markers} {token} marker(s) but {count} {noun}(s) were given."
-                    )
+                self._check_marker_count(text, token, noun, given)
         grids = []
         if video_list:
             videos_kwargs = self._merge_kwargs(self.valid_processor_kwargs, **kwargs)["videos_kwargs"]
@@ -271,6 +275,13 @@ class DeepStackProcessor(ProcessorMixin):
         marker = re.compile(f"{re.escape(self.image_token)}|{re.escape(self.video_token)}")
         in_order = [next(remaining[found]) for sample in text for found in marker.findall(sample)]
         return in_order or None, [sample.replace(self.video_token, self.image_token) for sample in text]
+
+    @staticmethod
+    def _check_marker_count(text: list[str], token: str, noun: str, given: list | None) -> None:
+        """`ValueError` unless the prompts hold one `token` marker per item of `given` (`None`: no items)."""
+        markers, count = sum(sample.count(token) for sample in text), len(given or [])
+        if markers != count:
+            raise ValueError(f"The text contains {markers} {token} marker(s) but {count} {noun}(s) were given.")
 
     @staticmethod
     def _check_per_prompt(text, items, token: str, noun: str, flatten) -> None:
