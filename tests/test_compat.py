@@ -128,6 +128,30 @@ def test_generate_encodes_images_flag():
     assert all(call.get("pixel_values") is None and call.get("mm_encoder_outputs") is None for call in calls[1:])
 
 
+def test_generate_repeats_image_groups_flag():
+    """True: for `num_return_sequences` `generate` repeats a prompt's whole group of images (`[A, B] -> [A, B, A,
+    B]`). False: image by image (`[A, A, B, B]`), in `pixel_values` (5.17) or in the encoder outputs (5.18). Seen
+    by the prefill of a prompt with two images of different sizes (called past the model's own refusal, through
+    `GenerationMixin.generate`)."""
+    from test_modeling_deepstack import ROWS, batch_inputs
+
+    model = DeepStackForConditionalGeneration(tiny_deepstack_config()).eval()
+    inputs = batch_inputs(model.config, rows=ROWS[2:])
+    calls = record_model_calls(model)
+    with torch.no_grad():
+        GenerationMixin.generate(model, **inputs, max_new_tokens=1, do_sample=True, num_return_sequences=2)
+    prefill = calls[0]
+    if _compat.GENERATE_ENCODES_IMAGES:
+        with torch.no_grad():
+            a, b = model.get_image_features(inputs["pixel_values"], inputs["image_sizes"]).pooler_output
+        given = list(prefill["mm_encoder_outputs"]["image"].pooler_output)
+    else:
+        a, b = inputs["pixel_values"]
+        given = list(prefill["pixel_values"])
+    order = [[torch.equal(item, reference) for reference in (a, b)].index(True) for item in given]
+    assert order == ([0, 1, 0, 1] if _compat.GENERATE_REPEATS_IMAGE_GROUPS else [0, 0, 1, 1])
+
+
 def test_chunked_prefill_gets_images_flag():
     """True: each chunk of a chunked prefill gets the image rows of its own placeholder tokens. False: every chunk runs
     without images (called past the model's own refusal, through `GenerationMixin.generate`)."""

@@ -15,7 +15,7 @@ from deepstack_hf.modeling_deepstack_vision import DeepStackVisionModel
 from deepstack_hf.stack_layout import vision_tower_stacks
 from test_modeling_deepstack import PAD, left_padded, llava_twin
 
-from deepstack_hf._compat import GENERATE_ENCODES_IMAGES
+from deepstack_hf._compat import GENERATE_ENCODES_IMAGES, GENERATE_REPEATS_IMAGE_GROUPS
 
 TOWER_LAYERS = 3  # the tiny CLIP of conftest
 PATCHES = 4  # patches per side of one tiny view
@@ -236,8 +236,9 @@ def test_pre_encoded_images_with_repeated_prompts_leave_the_callers_features_alo
     assert features.deepstack_features is None
     pooled = list(features.pooler_output)
     kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=3, pad_token_id=PAD, **repeat)
-    if not GENERATE_ENCODES_IMAGES:
-        with pytest.raises(ValueError, match="does not repeat pre-encoded mm_encoder_outputs"):
+    if not GENERATE_REPEATS_IMAGE_GROUPS:  # 5.17 does not repeat pre-encoded outputs, 5.18 repeats them one by one
+        refusal = "one by one" if GENERATE_ENCODES_IMAGES else "does not repeat pre-encoded mm_encoder_outputs"
+        with pytest.raises(ValueError, match=refusal):
             model.generate(mm_encoder_outputs={"image": features}, **kwargs)
     else:
         torch.manual_seed(0)

@@ -19,7 +19,12 @@ from conftest import tiny_deepstack_config, tiny_text_config
 from transformers import AutoConfig, AutoModelForCausalLM, CompileConfig
 
 from deepstack_hf import DeepStackForConditionalGeneration
-from deepstack_hf._compat import CACHE_NAME, CHUNKED_PREFILL_GETS_IMAGES, GENERATE_ENCODES_IMAGES
+from deepstack_hf._compat import (
+    CACHE_NAME,
+    CHUNKED_PREFILL_GETS_IMAGES,
+    GENERATE_ENCODES_IMAGES,
+    GENERATE_REPEATS_IMAGE_GROUPS,
+)
 from test_modeling_deepstack import IMAGE_TOKEN, PAD, ROW_IMAGES, ROWS, batch_inputs, row_inputs
 
 EOS = 2  # conftest's tiny decoders
@@ -137,7 +142,7 @@ def test_chunked_prefill(case):
 def test_beam_search_with_several_returned_sequences(case):
     kwargs = {"do_sample": False, "num_beams": 3, "num_return_sequences": 2}
     batch, rows = case.batch, case.rows
-    if not GENERATE_ENCODES_IMAGES:  # this release repeats images one by one: a prompt with two images is refused
+    if not GENERATE_REPEATS_IMAGE_GROUPS:  # this release repeats images one by one: a prompt with two is refused
         for inputs in (batch, rows[2]):
             with pytest.raises(ValueError, match="several images"):
                 generate(case.model, inputs, **kwargs)
@@ -151,7 +156,7 @@ def test_sampling_from_a_seed(case):
         torch.manual_seed(7)
         return generate(case.model, inputs, do_sample=True, num_return_sequences=2, **kwargs)
 
-    batch, rows = (case.batch, case.rows) if GENERATE_ENCODES_IMAGES else (case.single_image_batch, case.rows[:2])
+    batch, rows = (case.batch, case.rows) if GENERATE_REPEATS_IMAGE_GROUPS else (case.single_image_batch, case.rows[:2])
     for row in rows:
         assert sample(row) == sample(row, use_cache=False)
     assert sample(batch) == sample(batch, use_cache=False)

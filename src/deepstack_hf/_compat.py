@@ -52,6 +52,11 @@ CACHE_NAME = "cache" if "cache" in {field.name for field in dataclasses.fields(C
 # repeats `pixel_values` image by image and knows nothing of `mm_encoder_outputs`.
 GENERATE_ENCODES_IMAGES = hasattr(GenerationMixin, "_prepare_multimodal_encoder_kwargs_for_generation")
 
+# Whether `generate` repeats each prompt's whole group of images for beams / `num_return_sequences` (`[A, B] ->
+# [A, B, A, B]`, 5.19 on). 5.17 and 5.18 repeat image by image (`[A, A, B, B]`), which gives a prompt holding
+# several images the wrong ones. (The fix sits inside a private helper of `generate`: read off the version.)
+GENERATE_REPEATS_IMAGE_GROUPS = version.parse(transformers.__version__) >= version.parse("5.19")
+
 # Whether a chunked prefill (`generate(prefill_chunk_size=...)`) hands each chunk the pre-encoded image rows of its own
 # placeholder tokens (5.23 on); earlier releases run every chunk as a decode step, without images.
 CHUNKED_PREFILL_GETS_IMAGES = hasattr(generation_utils, "_slice_mm_encoder_output")
@@ -114,6 +119,7 @@ __all__ = [
     "CHUNKED_PREFILL_GETS_IMAGES",
     "ASSISTANT_MASKS_FOLLOW_IMAGE_EXPANSION",
     "GENERATE_ENCODES_IMAGES",
+    "GENERATE_REPEATS_IMAGE_GROUPS",
     "MultimodalBaseModelOutputWithPast",
     "MultimodalCausalLMOutputWithPast",
     "AutoImageProcessor",

@@ -25,6 +25,7 @@ from ._compat import (
     CACHE_NAME,
     CHUNKED_PREFILL_GETS_IMAGES,
     GENERATE_ENCODES_IMAGES,
+    GENERATE_REPEATS_IMAGE_GROUPS,
     MultimodalBaseModelOutputWithPast,
     MultimodalCausalLMOutputWithPast,
     TransformersKwargs,
@@ -471,9 +472,10 @@ class DeepStackForConditionalGeneration(DeepStackPreTrainedModel, GenerationMixi
 
         * Before 5.23 (`CHUNKED_PREFILL_GETS_IMAGES` false) a chunked prefill (`prefill_chunk_size`) runs every chunk
           without the images, so their tokens would be read as text.
-        * 5.17 (`GENERATE_ENCODES_IMAGES` false) repeats `pixel_values` image by image for beams and
-          `num_return_sequences` (`[A, B] -> [A, A, B, B]`), which is right only while no prompt holds two images,
-          and does not repeat pre-encoded `mm_encoder_outputs` at all.
+        * Before 5.19 (`GENERATE_REPEATS_IMAGE_GROUPS` false) `generate` repeats the images one by one for beams and
+          `num_return_sequences` (`[A, B] -> [A, A, B, B]`: 5.17 its `pixel_values`, 5.18 their encoder outputs),
+          which is right only while no prompt holds two images; 5.17 (`GENERATE_ENCODES_IMAGES` false) does not
+          repeat pre-encoded `mm_encoder_outputs` at all.
         """
         images = [key for key in ("pixel_values", "mm_encoder_outputs") if generate_kwargs.get(key) is not None]
         if not images:
@@ -485,20 +487,25 @@ class DeepStackForConditionalGeneration(DeepStackPreTrainedModel, GenerationMixi
                 f"This Transformers release runs the chunks of a chunked prefill without the images ({images[0]}): "
                 "pass prefill_chunk_size=None, or use Transformers >= 5.23."
             )
-        if GENERATE_ENCODES_IMAGES or max(option("num_beams") or 1, option("num_return_sequences") or 1) == 1:
+        if GENERATE_REPEATS_IMAGE_GROUPS or max(option("num_beams") or 1, option("num_return_sequences") or 1) == 1:
             return
-        if "mm_encoder_outputs" in images:
+        encoded = generate_kwargs.get("mm_encoder_outputs")
+        if encoded is not None and not GENERATE_ENCODES_IMAGES:
             raise ValueError(
                 "This Transformers release does not repeat pre-encoded mm_encoder_outputs for num_beams / "
                 "num_return_sequences > 1: pass pixel_values and image_sizes instead, or use Transformers >= 5.18."
             )
         input_ids = generate_kwargs.get("input_ids")
-        prompts_with_images = int((input_ids == self.config.image_token_id).any(-1).sum()) if input_ids is not None else 0
-        if generate_kwargs["pixel_values"].shape[0] > prompts_with_images:
+        prompts_with_images = 0 if input_ids is None else int((input_ids == self.config.image_token_id).any(-1).sum())
+        if encoded is not None:
+            num_images = len(encoded["image"].pooler_output)
+        else:
+            num_images = generate_kwargs["pixel_values"].shape[0]
+        if num_images > prompts_with_images:
             raise ValueError(
-                "This Transformers release repeats pixel_values image by image for num_beams / num_return_sequences "
-                "> 1, which gives a prompt with several images the wrong images: use Transformers >= 5.18 for such "
-                "prompts."
+                "This Transformers release repeats the images one by one for num_beams / num_return_sequences > 1 "
+                "([A, B] -> [A, A, B, B]), which gives a prompt with several images the wrong images: use "
+                "Transformers >= 5.19 for such prompts."
             )
 
     def prepare_inputs_for_generation(self, *args, **kwargs):
