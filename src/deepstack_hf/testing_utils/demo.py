@@ -1,7 +1,9 @@
 """End-to-end demo: original-format checkpoint -> converter -> `pipeline("image-text-to-text")`.
 
-    python -m deepstack_hf.testing_utils.demo                    # offline, about a minute on 2 CPU cores
-    python -m deepstack_hf.testing_utils.demo --source menglc/deepstack-l-vicuna-7b   # the real model (network + GPU)
+    python -m deepstack_hf.testing_utils.demo       # offline, about a minute on 2 CPU cores (`make demo`)
+    python -m deepstack_hf.testing_utils.demo --source menglc/deepstack-l-vicuna-7b   # the real model (GPU)
+
+(`python -m deepstack_hf.demo`, its old path, runs it too.)
 
 Offline, it builds a small DeepStack checkpoint in the ORIGINAL layout (random weights, a SentencePiece
 tokenizer trained on the spot, a tiny CLIP tower), converts it with the same code as `deepstack-convert`
@@ -62,7 +64,9 @@ def prepare_work_dir(work_dir: Path) -> Path:
             elif path.exists() or path.is_symlink():
                 path.unlink()
     work_dir.mkdir(parents=True, exist_ok=True)
-    (work_dir / WORK_DIR_MARKER).write_text("Created by `python -m deepstack_hf.testing_utils.demo`; it may clean its own outputs here.\n")
+    (work_dir / WORK_DIR_MARKER).write_text(
+        "Created by `python -m deepstack_hf.testing_utils.demo`; it may clean its own outputs here.\n"
+    )
     return work_dir
 
 
@@ -141,7 +145,9 @@ def run_demo(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deepstack_hf.testing_utils.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m deepstack_hf.testing_utils.demo", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument(
         "--work-dir",
         default="demo_output",
