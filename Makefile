@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 
 .PHONY: demo test test-compat
 demo: $(VENV)/.installed
-	$(PY) -m deepstack_hf.demo $(ARGS)
+	$(PY) -m deepstack_hf.testing_utils.demo $(ARGS)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from deepstack_hf.conversion.synthetic_checkpoint import build_synthetic_checkpoint  # noqa: E402
+from deepstack_hf.testing_utils.synthetic_checkpoint import build_synthetic_checkpoint  # noqa: E402
 
 HIDDEN, INTERMEDIATE, VOCAB, HEADS = 4096, 11008, 32000, 32
 

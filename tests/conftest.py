@@ -82,7 +82,8 @@ def tiny_config_factory():
 
 
 def single_image_inputs(config, image_height: int, image_width: int, text_before: int = 4, text_after: int = 6, seed: int = 0):
-    """Model inputs for one prompt `<s> text <image tokens> text` with random pixels, sized by the SPEC rules."""
+    """Model inputs for one prompt `<s> text <image tokens> text` with random pixels, sized by the rules of
+    docs/design.md."""
     from deepstack_hf.grid_layout import num_image_tokens, num_views, select_best_grid
 
     crop = config.vision_config.image_size

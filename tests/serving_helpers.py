@@ -43,7 +43,7 @@ def build_tiny_repo(root: Path, context: int) -> Path:
     import torch
 
     from deepstack_hf.conversion import convert_checkpoint
-    from deepstack_hf.conversion.synthetic_checkpoint import build_synthetic_checkpoint
+    from deepstack_hf.testing_utils.synthetic_checkpoint import build_synthetic_checkpoint
 
     synthetic = build_synthetic_checkpoint(
         root / "src", text_model_type="llama", hd=True, dtype=torch.float32, tokenizer_vocab_size=512,
@@ -86,12 +86,12 @@ def png_header(width: int, height: int) -> bytes:
 
 # ---------------------------------------------------------------------------------------------------- the server
 class ServerProcess:
-    """`deepstack-serve MODEL ARGS` (`python -m deepstack_hf.serving.cli`) on a free loopback port."""
+    """`deepstack-serve MODEL ARGS` (`python -m deepstack_hf.integrations.serving.cli`) on a free loopback port."""
 
     def __init__(self, model_dir: Path, log_path: Path, *args: str, start_timeout_s: float = 240):
         self.port, self.log_path = free_port(), log_path
         command = [
-            sys.executable, "-m", "deepstack_hf.serving.cli", str(model_dir), "--host", LOOPBACK,
+            sys.executable, "-m", "deepstack_hf.integrations.serving.cli", str(model_dir), "--host", LOOPBACK,
             "--port", str(self.port), "--device", "cpu", "--dtype", "float32", "--log-level", "info", *args,
         ]  # fmt: skip
         env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))

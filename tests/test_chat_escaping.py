@@ -18,7 +18,7 @@ from tokenizers import AddedToken
 from deepstack_hf import DeepStackImageProcessor, DeepStackProcessor
 from deepstack_hf.chat_escaping import ESCAPED_RUN, control_token_pattern, escape_control_tokens, unescape
 from deepstack_hf.chat_templates import PHI3_INSTRUCT_TEMPLATE, VICUNA_V1_TEMPLATE
-from deepstack_hf.conversion.tiny_sentencepiece import train_tiny_sentencepiece
+from deepstack_hf.testing_utils.tiny_sentencepiece import train_tiny_sentencepiece
 from deepstack_hf.tokenization import tokenizer_from_sentencepiece
 
 IMAGE_ID = 300

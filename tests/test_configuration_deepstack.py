@@ -5,7 +5,7 @@ from transformers import AutoConfig, CLIPVisionConfig, LlamaConfig, Phi3Config
 
 from conftest import tiny_deepstack_config
 from deepstack_hf import DeepStackConfig
-from deepstack_hf.configuration_deepstack import deepstack_layers_from_original
+from deepstack_hf.conversion.config_mapping import deepstack_layers_from_original
 
 
 def test_defaults_are_deepstack_l_vicuna_7b():

@@ -16,9 +16,9 @@ from PIL import Image, ImageDraw
 import deepstack_hf  # noqa: F401
 from transformers import AutoProcessor
 from deepstack_hf.conversion import ConversionError, convert_checkpoint, main, verify_conversion
-from deepstack_hf.conversion.original_reference import IMAGE_PLACEHOLDER, OriginalDeepStack, original_prompt
+from deepstack_hf.testing_utils.original_reference import IMAGE_PLACEHOLDER, OriginalDeepStack, original_prompt
 from deepstack_hf.conversion.streaming_safetensors import read_header, read_tensor
-from deepstack_hf.conversion.synthetic_checkpoint import build_synthetic_checkpoint
+from deepstack_hf.testing_utils.synthetic_checkpoint import build_synthetic_checkpoint
 
 VARIANTS = {
     # name: (builder kwargs, convert kwargs, dtype the weights were saved in)

@@ -9,7 +9,7 @@ import torch
 
 from deepstack_hf.conversion import ConversionError, convert_checkpoint, verify_conversion
 from deepstack_hf.conversion.streaming_safetensors import read_header, read_tensor
-from deepstack_hf.conversion.synthetic_checkpoint import build_synthetic_checkpoint, tiny_vision_config
+from deepstack_hf.testing_utils.synthetic_checkpoint import build_synthetic_checkpoint, tiny_vision_config
 from test_square_grid import strip as picture
 
 TOWER_LAYERS = tiny_vision_config()["num_hidden_layers"]

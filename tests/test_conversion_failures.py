@@ -22,7 +22,7 @@ import torch
 from deepstack_hf.conversion import ConversionError, convert_checkpoint, main
 from deepstack_hf.conversion import convert_deepstack_to_hf as converter
 from deepstack_hf.conversion.streaming_safetensors import read_header, read_tensor, write_tensors
-from deepstack_hf.conversion.synthetic_checkpoint import build_synthetic_checkpoint
+from deepstack_hf.testing_utils.synthetic_checkpoint import build_synthetic_checkpoint
 
 
 def tree(root: Path) -> dict[str, tuple]:

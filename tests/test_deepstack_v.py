@@ -1,8 +1,8 @@
-"""DeepStack-V: stacks into the vision tower's layers (SPEC.md "DeepStack-V").
+"""DeepStack-V: stacks into the vision tower's layers (docs/design.md, "DeepStack-V").
 
 Independent expectations: a hand-built mosaic cut with plain slicing; a second, loop-by-loop run of the same CLIP
-layers with the stacks gathered token by token from SPEC's rule; `transformers.LlavaForConditionalGeneration` on
-the same weights when no stack reaches the global view; single-row runs for batches.
+layers with the stacks gathered token by token from the design's rule; `transformers.LlavaForConditionalGeneration`
+on the same weights when no stack reaches the global view; single-row runs for batches.
 """
 
 import pytest
@@ -107,7 +107,8 @@ def test_stacks_of_a_hand_built_mosaic(side):
 
 
 def reference_tower(tower: DeepStackVisionModel, pixel_values: torch.Tensor, split: int, side: int = 2):
-    """SPEC's DeepStack-V run with explicit loops over the same CLIP layers: (hidden states of the globals, stacks)."""
+    """The design's DeepStack-V run with explicit loops over the same CLIP layers: (hidden states of the globals,
+    stacks)."""
     layers = [*tower.encoder.layers, *tower.post_encoder]
     per_image = 1 + side * side
     states = tower.pre_layrnorm(tower.embeddings(pixel_values))
@@ -172,7 +173,8 @@ def test_local_views_reach_the_features_only_before_the_last_layer(split, reache
 
 
 def test_select_layer_minus_2_reads_the_input_of_the_last_layer():
-    """CLIP-L shape of SPEC's example: S = L // 2, select -2 -> feature = input of layer L - 1."""
+    """CLIP-L shape of the design's example (docs/design.md, "DeepStack-V"): S = L // 2, select -2 -> feature =
+    input of layer L - 1."""
     model = v_model()
     with torch.no_grad():
         output = model.model.vision_tower(views(1).flatten(0, 1), output_hidden_states=-2)

@@ -1,10 +1,13 @@
-"""The demo (`python -m deepstack_hf.demo`, run by `make demo`) end to end: build, convert + verify, pipeline."""
+"""The demo (`python -m deepstack_hf.testing_utils.demo`, run by `make demo`) end to end: build, convert + verify,
+pipeline."""
 
 import subprocess
 import sys
 from pathlib import Path
 
-from deepstack_hf.demo import main, prepare_work_dir, run_demo
+import pytest
+
+from deepstack_hf.testing_utils.demo import main, prepare_work_dir, run_demo
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
@@ -36,10 +39,11 @@ def test_demo_cli_reuses_its_own_work_dir_cleaning_only_its_outputs(tmp_path):
     assert sorted(p.name for p in work.iterdir()) == [".deepstack-demo", "notes.txt"]
 
 
-def test_module_entry_point_help():
+@pytest.mark.parametrize("module", ["deepstack_hf.testing_utils.demo", "deepstack_hf.demo"])  # new and old path
+def test_module_entry_point_help(module):
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run(
-        [sys.executable, "-m", "deepstack_hf.demo", "--help"], capture_output=True, text=True,
+        [sys.executable, "-m", module, "--help"], capture_output=True, text=True,
         env={"PYTHONPATH": str(root / "src"), "PATH": ""}, cwd=root,
     )
     assert result.returncode == 0 and "--source" in result.stdout

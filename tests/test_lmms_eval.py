@@ -20,7 +20,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E40
 
 import deepstack_hf  # noqa: E402,F401
 from deepstack_hf.conversion import convert_checkpoint  # noqa: E402
-from deepstack_hf.conversion.synthetic_checkpoint import build_synthetic_checkpoint  # noqa: E402
+from deepstack_hf.testing_utils.synthetic_checkpoint import build_synthetic_checkpoint  # noqa: E402
 from lmms_eval_run import run_lmms_eval, samples_and_results  # noqa: E402
 
 TASK = "deepstack_tiny_vqa"
@@ -145,9 +145,21 @@ def test_batch_size_in_model_args_names_the_option_to_use(tiny_task):
      ("0", "expected a whole number >= 1"), ("two", "expected a whole number >= 1")],
 )
 def test_batch_size_other_than_a_positive_number_is_refused_before_loading(value, message):
-    from deepstack_hf.lmms_eval_model import DeepStackLMMs
+    from deepstack_hf.integrations.lmms_eval import DeepStackLMMs
 
     # The folder does not exist: the refusal must come before anything is loaded.
     with pytest.raises(ValueError, match=message) as refusal:
         DeepStackLMMs(pretrained="no-such-folder", batch_size=value)
     assert "--batch_size 8" in str(refusal.value)
+
+
+def test_the_plugin_is_found_through_its_entry_point_and_its_old_path():
+    from importlib.metadata import entry_points
+
+    import deepstack_hf.integrations.lmms_eval as plugin
+    import deepstack_hf.lmms_eval_model as old_path
+
+    assert old_path is plugin
+    (entry,) = [entry for entry in entry_points(group="lmms_eval.models") if entry.name == "deepstack"]
+    assert entry.value == "deepstack_hf.integrations.lmms_eval:manifest"
+    assert entry.load() is plugin.manifest

@@ -24,7 +24,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E40
 
 import deepstack_hf  # noqa: E402,F401
 from deepstack_hf.conversion import convert_checkpoint  # noqa: E402
-from deepstack_hf.conversion.synthetic_checkpoint import build_synthetic_checkpoint  # noqa: E402
+from deepstack_hf.testing_utils.synthetic_checkpoint import build_synthetic_checkpoint  # noqa: E402
 from lmms_eval_run import run_lmms_eval, samples_and_results  # noqa: E402
 from synthetic_video import decode_every_frame, write_numbered_video  # noqa: E402
 

@@ -14,7 +14,7 @@ import pytest
 
 from deepstack_hf import DeepStackImageProcessor, DeepStackImageProcessorFast, DeepStackProcessor, media_fetch
 from deepstack_hf.chat_templates import VICUNA_V1_TEMPLATE
-from deepstack_hf.conversion.tiny_sentencepiece import train_tiny_sentencepiece
+from deepstack_hf.testing_utils.tiny_sentencepiece import train_tiny_sentencepiece
 from deepstack_hf.tokenization import tokenizer_from_sentencepiece
 from loopback_media_server import PICTURE, serving
 

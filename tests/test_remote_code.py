@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 import deepstack_hf
 from deepstack_hf.conversion import convert_checkpoint
 from deepstack_hf.conversion.remote_code import AUTO_CLASSES, registered_for_auto_classes, write_remote_code
-from deepstack_hf.conversion.synthetic_checkpoint import build_synthetic_checkpoint
+from deepstack_hf.testing_utils.synthetic_checkpoint import build_synthetic_checkpoint
 from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 from transformers.dynamic_module_utils import get_imports
 

@@ -3,10 +3,10 @@ test_serving.py)."""
 
 import pytest
 
-from deepstack_hf.serving.chat_request import MediaReference, parse_chat_request
-from deepstack_hf.serving.errors import RequestError
-from deepstack_hf.serving.responses import StopStringFilter
-from deepstack_hf.serving.settings import ServerSettings
+from deepstack_hf.integrations.serving.chat_request import MediaReference, parse_chat_request
+from deepstack_hf.integrations.serving.errors import RequestError
+from deepstack_hf.integrations.serving.responses import StopStringFilter
+from deepstack_hf.integrations.serving.settings import ServerSettings
 
 NAMES = ["tiny"]
 

@@ -12,8 +12,8 @@ from PIL import Image, ImageDraw
 from conftest import TINY_IMAGE_SIZE, TINY_PATCH_SIZE
 from deepstack_hf import DeepStackImageProcessor
 from deepstack_hf.conversion import ConversionError, convert_checkpoint, verify_conversion
-from deepstack_hf.conversion.original_reference import ClipPreprocessing, original_views
-from deepstack_hf.conversion.synthetic_checkpoint import build_synthetic_checkpoint
+from deepstack_hf.testing_utils.original_reference import ClipPreprocessing, original_views
+from deepstack_hf.testing_utils.synthetic_checkpoint import build_synthetic_checkpoint
 from deepstack_hf.grid_layout import image_grid
 
 STRIPS = [(400, 60), (60, 400), (100, 100), (41, 40), (3, 700)]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from slow_llama_tokenizer import chunkwise_ids, slow_llama_encoder
 
-from deepstack_hf.conversion.tiny_sentencepiece import train_tiny_sentencepiece
+from deepstack_hf.testing_utils.tiny_sentencepiece import train_tiny_sentencepiece
 from deepstack_hf.tokenization import tokenizer_from_sentencepiece
 
 

@@ -32,8 +32,8 @@ from transformers import (
 
 from deepstack_hf import DeepStackForConditionalGeneration, DeepStackProcessor
 from deepstack_hf.chat_templates import CHATML_TEMPLATE, PHI3_INSTRUCT_TEMPLATE, VICUNA_V1_TEMPLATE
-from deepstack_hf.conversion.synthetic_checkpoint import build_synthetic_checkpoint
-from deepstack_hf.conversion.tiny_sentencepiece import train_tiny_sentencepiece
+from deepstack_hf.testing_utils.synthetic_checkpoint import build_synthetic_checkpoint
+from deepstack_hf.testing_utils.tiny_sentencepiece import train_tiny_sentencepiece
 from deepstack_hf.tokenization import tokenizer_from_sentencepiece
 from deepstack_hf.training.model_builder import build_deepstack_model
 from training_setup import tiny_parts

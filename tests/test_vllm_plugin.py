@@ -23,7 +23,7 @@ from transformers import AutoProcessor  # noqa: E402
 
 from deepstack_hf import DeepStackForConditionalGeneration  # noqa: E402
 from deepstack_hf.conversion import convert_checkpoint  # noqa: E402
-from deepstack_hf.conversion.synthetic_checkpoint import build_synthetic_checkpoint  # noqa: E402
+from deepstack_hf.testing_utils.synthetic_checkpoint import build_synthetic_checkpoint  # noqa: E402
 from deepstack_hf.grid_layout import select_best_grid  # noqa: E402
 
 MAX_NEW_TOKENS = 8
@@ -142,7 +142,7 @@ def _transformers_generate(repo: str, requests: list, with_stacks: bool = True):
 
 def test_plugin_is_an_entry_point():
     plugins = {plugin.name: plugin.value for plugin in entry_points(group="vllm.general_plugins")}
-    assert plugins.get("deepstack") == "deepstack_hf.vllm_plugin:register"
+    assert plugins.get("deepstack") == "deepstack_hf.integrations.vllm:register"
 
 
 @pytest.mark.parametrize(
@@ -152,7 +152,7 @@ def test_plugin_is_an_entry_point():
 @pytest.mark.parametrize("with_bos", [True, False])
 def test_prompt_ids_are_the_processors(converted, prompt, with_bos):
     """vLLM's one-piece tokenization (with BOS, or without as its chat path does) -> the processor's ids."""
-    from deepstack_hf.vllm_plugin.processing import original_prompt_ids
+    from deepstack_hf.integrations.vllm.processing import original_prompt_ids
 
     processor = AutoProcessor.from_pretrained(converted["plain"])
     tokenizer, image_token_id = processor.tokenizer, processor.image_token_id
@@ -209,7 +209,7 @@ def test_videos_are_refused_by_name(converted):
     """The plugin takes images; a video (chat part or offline `multi_modal_data`) is refused with the way round it."""
     from vllm import LLM, SamplingParams
 
-    from deepstack_hf.vllm_plugin.model import DeepStackForConditionalGeneration as VllmDeepStack
+    from deepstack_hf.integrations.vllm.model import DeepStackForConditionalGeneration as VllmDeepStack
 
     with pytest.raises(ValueError, match="takes images, not videos.*DeepStackVideoProcessor"):
         VllmDeepStack.get_placeholder_str("video", 0)

@@ -17,8 +17,8 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaFo
 from conftest import TINY_IMAGE_SIZE, TINY_PATCH_SIZE
 from deepstack_hf import DeepStackImageProcessor, DeepStackProcessor
 from deepstack_hf.chat_templates import PHI3_INSTRUCT_TEMPLATE, VICUNA_V1_TEMPLATE
-from deepstack_hf.conversion.synthetic_checkpoint import build_synthetic_checkpoint
-from deepstack_hf.conversion.tiny_sentencepiece import train_tiny_sentencepiece
+from deepstack_hf.testing_utils.synthetic_checkpoint import build_synthetic_checkpoint
+from deepstack_hf.testing_utils.tiny_sentencepiece import train_tiny_sentencepiece
 from deepstack_hf.conversion.tokenizer_conversion import convert_tokenizer
 from deepstack_hf.training.collator import MIN_TRANSFORMERS
 from deepstack_hf.training.model_builder import build_deepstack_model

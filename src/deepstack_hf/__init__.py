@@ -3,10 +3,17 @@
 Importing this package registers the DeepStack config, models, image processor, video processor and processor
 with the Auto classes, so ``AutoProcessor``, ``AutoModelForImageTextToText`` and ``pipeline("image-text-to-text")``
 load converted checkpoints.
+
+The package's top holds the model: config, image / video processors, processor, tokenizer helpers, modeling. Around
+it, `conversion/` (original checkpoints -> Transformers repos), `training/` (the paper's recipes on `Trainer`),
+`integrations/` (the server, the vLLM and lmms-eval plugins) and `testing_utils/` (synthetic checkpoints, a tiny
+tokenizer, the independent reference of the original: tests and the demo). The model imports none of them
+(docs/design.md, "Package layout").
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
+from . import _moved_modules
 from ._compat import AutoImageProcessor, AutoVideoProcessor
 from .configuration_deepstack import DeepStackConfig
 from .image_processing_deepstack import DeepStackImageProcessor
@@ -27,6 +34,7 @@ AutoImageProcessor.register(
 )
 AutoVideoProcessor.register(DeepStackConfig, DeepStackVideoProcessor, exist_ok=True)
 AutoProcessor.register(DeepStackConfig, DeepStackProcessor, exist_ok=True)
+_moved_modules.install()
 
 __all__ = [
     "SUPPORTED_TEXT_MODELS",

@@ -255,9 +255,4 @@ def _build_sub_config(value: dict | PreTrainedConfig | None, default: dict) -> P
     return CONFIG_MAPPING[model_type](**fields)
 
 
-def deepstack_layers_from_original(start: int, interval: int, count: int) -> list[int]:
-    """Layers receiving the stacks in the original code: stack k goes in before layer ``start + k * interval``."""
-    return [start + k * interval for k in range(count)]
-
-
-__all__ = ["DeepStackConfig", "deepstack_layers_from_original"]
+__all__ = ["DeepStackConfig"]

@@ -10,7 +10,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from ..configuration_deepstack import DeepStackConfig, deepstack_layers_from_original
+from ..configuration_deepstack import DeepStackConfig
 from ..grid_layout import num_stacks
 from .errors import ConversionError
 
@@ -109,6 +109,11 @@ class OriginalSettings:
     @property
     def deepstack_layers(self) -> list[int]:
         return deepstack_layers_from_original(self.deepstack_start, self.deepstack_interval, self.num_stacks)
+
+
+def deepstack_layers_from_original(start: int, interval: int, count: int) -> list[int]:
+    """Layers receiving the stacks in the original code: stack k goes in before layer ``start + k * interval``."""
+    return [start + k * interval for k in range(count)]
 
 
 def projector_depth(projector_type: str) -> int:
@@ -405,6 +410,7 @@ __all__ = [
     "OriginalSettings",
     "SUPPORTED_MODEL_TYPES",
     "build_deepstack_config",
+    "deepstack_layers_from_original",
     "projector_depth",
     "read_original_settings",
     "read_vision_split_layer",

@@ -441,7 +441,7 @@ def verify_conversion(
     rounds the reference's weights to the dtype the converted model was saved in (identity for the checkpoint's
     own bf16 weights; it matters for an fp32 CLIP tower saved in 16 bits).
     """
-    from .original_reference import OriginalDeepStack, original_prompt
+    from ..testing_utils.original_reference import OriginalDeepStack, original_prompt
 
     image = image or verification_image()
     reference = OriginalDeepStack(original_dir, vision_tower_dir, vision_weights, weight_dtype=weight_dtype)
@@ -514,7 +514,7 @@ def load_streamed(converted_dir, offload_folder) -> torch.nn.Module:
 def _compare_with_reference(model, processor, image, question, prompt, ref_ids, ref_logits, ref_tokens,
                             max_new_tokens) -> VerificationReport:
     """Run the converted model on the reference's image and question; compare ids, logits and greedy tokens."""
-    from .original_reference import IMAGE_PLACEHOLDER
+    from ..testing_utils.original_reference import IMAGE_PLACEHOLDER
 
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True)

@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from ..chat_escaping import ESCAPED_RUN, unescape
+from ...chat_escaping import ESCAPED_RUN, unescape
 from .chat_request import ChatRequest
 from .errors import RequestError
 from .media import Media, decode_image
 
-logger = logging.getLogger("deepstack_hf.serving")
+logger = logging.getLogger("deepstack_hf.integrations.serving")
 
 _MAX_ERROR_CHARS = 300
 

@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from transformers import AsyncTextIteratorStreamer
 
-from ..chat_escaping import control_token_pattern, escape_control_tokens
+from ...chat_escaping import control_token_pattern, escape_control_tokens
 from .chat_request import ChatRequest, parse_chat_request
 from .errors import RequestError
 from .generation import Completion, GenerationEngine, GenerationJob, GenerationQueue
@@ -40,7 +40,7 @@ from .media import MediaReader
 from .responses import Reply, StopStringFilter, event, usage
 from .settings import ServerSettings
 
-logger = logging.getLogger("deepstack_hf.serving")
+logger = logging.getLogger("deepstack_hf.integrations.serving")
 
 _POLL_S = 0.1  # how often a waiting handler checks whether its client is still there
 

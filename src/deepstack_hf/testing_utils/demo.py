@@ -1,7 +1,9 @@
 """End-to-end demo: original-format checkpoint -> converter -> `pipeline("image-text-to-text")`.
 
-    python -m deepstack_hf.demo                    # offline, about a minute on 2 CPU cores
-    python -m deepstack_hf.demo --source menglc/deepstack-l-vicuna-7b   # the real model (network + GPU)
+    python -m deepstack_hf.testing_utils.demo       # offline, about a minute on 2 CPU cores (`make demo`)
+    python -m deepstack_hf.testing_utils.demo --source menglc/deepstack-l-vicuna-7b   # the real model (GPU)
+
+(`python -m deepstack_hf.demo`, its old path, runs it too.)
 
 Offline, it builds a small DeepStack checkpoint in the ORIGINAL layout (random weights, a SentencePiece
 tokenizer trained on the spot, a tiny CLIP tower), converts it with the same code as `deepstack-convert`
@@ -45,7 +47,7 @@ def prepare_work_dir(work_dir: Path) -> Path:
     Only a folder holding the demo's marker file is cleaned, and then only of what the demo writes there
     (`DEMO_OUTPUTS`); any other existing, non-empty folder is refused: the demo never deletes what it did not create.
     """
-    from .conversion.errors import ConversionError
+    from deepstack_hf.conversion.errors import ConversionError
 
     if work_dir.is_symlink() or (work_dir.exists() and not work_dir.is_dir()):
         raise ConversionError(f"--work-dir {work_dir} exists and is not a plain directory; choose another one.")
@@ -62,7 +64,9 @@ def prepare_work_dir(work_dir: Path) -> Path:
             elif path.exists() or path.is_symlink():
                 path.unlink()
     work_dir.mkdir(parents=True, exist_ok=True)
-    (work_dir / WORK_DIR_MARKER).write_text("Created by `python -m deepstack_hf.demo`; it may clean its own outputs here.\n")
+    (work_dir / WORK_DIR_MARKER).write_text(
+        "Created by `python -m deepstack_hf.testing_utils.demo`; it may clean its own outputs here.\n"
+    )
     return work_dir
 
 
@@ -84,14 +88,14 @@ def run_demo(
     import deepstack_hf  # noqa: F401  (registers DeepStack with the Auto classes and pipelines)
     from transformers import pipeline
 
-    from .conversion.convert_deepstack_to_hf import convert_checkpoint
+    from deepstack_hf.conversion.convert_deepstack_to_hf import convert_checkpoint
 
     start = time.time()
     work_dir = prepare_work_dir(Path(work_dir))
     converted = work_dir / "converted"
 
     if source is None:
-        from .conversion.synthetic_checkpoint import build_synthetic_checkpoint
+        from deepstack_hf.testing_utils.synthetic_checkpoint import build_synthetic_checkpoint
 
         _step(1, f"Building a small DeepStack checkpoint in the original layout under {work_dir / 'original'}")
         synthetic = build_synthetic_checkpoint(
@@ -141,7 +145,9 @@ def run_demo(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deepstack_hf.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m deepstack_hf.testing_utils.demo", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument(
         "--work-dir",
         default="demo_output",
@@ -153,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hd", action="store_true", help="offline demo: build a DeepStack-L-HD checkpoint")
     parser.add_argument("--no-verify", action="store_true", help="skip the comparison with the original implementation")
     args = parser.parse_args(argv)
-    from .conversion.errors import ConversionError
+    from deepstack_hf.conversion.errors import ConversionError
 
     try:
         run_demo(args.work_dir, args.source, args.question, args.max_new_tokens, args.hd, not args.no_verify)

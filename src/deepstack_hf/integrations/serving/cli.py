@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot serve {args.model}: {error}", file=sys.stderr)
         return 1
     if settings.allowed_media_domains is None:
-        logging.getLogger("deepstack_hf.serving").warning(
+        logging.getLogger("deepstack_hf.integrations.serving").warning(
             "Media URLs may point at any host, loopback and private addresses included; restrict them with "
             "--allowed-media-domains when clients are not trusted."
         )

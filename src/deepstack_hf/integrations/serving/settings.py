@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..media_fetch import FetchLimits
+from ...media_fetch import FetchLimits
 
 MIB = 1024 * 1024
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .streaming_safetensors import read_header, read_tensor
+from ..conversion.streaming_safetensors import read_header, read_tensor
 
 IMAGE_PLACEHOLDER = -200  # the original's IMAGE_TOKEN_INDEX
 WORD_BOUNDARY = "\u2581"

@@ -45,7 +45,7 @@ from vllm.model_executor.models.utils import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.sequence import IntermediateTensors
 
-from ..stack_layout import hd_layout, plain_layout
+from ...stack_layout import hd_layout, plain_layout
 from .processing import (
     VIDEOS_REFUSED,
     DeepStackDummyInputsBuilder,

@@ -29,10 +29,10 @@ from vllm.multimodal.processing import (
     PromptUpdate,
 )
 
-from ..configuration_deepstack import DeepStackConfig
-from .. import grid_layout
-from ..grid_layout import candidate_grids, num_image_tokens, num_views
-from ..processing_deepstack import DeepStackProcessor
+from ...configuration_deepstack import DeepStackConfig
+from ... import grid_layout
+from ...grid_layout import candidate_grids, num_image_tokens, num_views
+from ...processing_deepstack import DeepStackProcessor
 
 
 VIDEOS_REFUSED = (

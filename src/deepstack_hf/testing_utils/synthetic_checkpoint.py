@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .streaming_safetensors import write_tensors
+from ..conversion.streaming_safetensors import write_tensors
 
 # Phi-3's added tokens after its 32000 SentencePiece pieces, in id order: (content, rstrip).
 PHI3_ADDED_TOKENS = (

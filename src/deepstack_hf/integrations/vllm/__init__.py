@@ -19,7 +19,9 @@ def register() -> None:
     import deepstack_hf  # noqa: F401  (registers model_type "deepstack" with AutoConfig / AutoProcessor)
 
     if ARCHITECTURE not in ModelRegistry.get_supported_archs():
-        ModelRegistry.register_model(ARCHITECTURE, "deepstack_hf.vllm_plugin.model:DeepStackForConditionalGeneration")
+        ModelRegistry.register_model(
+            ARCHITECTURE, "deepstack_hf.integrations.vllm.model:DeepStackForConditionalGeneration"
+        )
 
 
 __all__ = ["ARCHITECTURE", "register"]

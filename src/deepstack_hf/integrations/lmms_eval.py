@@ -1,7 +1,7 @@
 """lmms-eval model plugin: `--model deepstack` evaluates any DeepStack checkpoint, batched.
 
 Installed with the `lmms-eval` extra; lmms-eval finds it through the `lmms_eval.models` entry point
-(`deepstack = "deepstack_hf.lmms_eval_model:manifest"` in pyproject.toml), so no file of lmms-eval is edited.
+(`deepstack = "deepstack_hf.integrations.lmms_eval:manifest"` in pyproject.toml), so no file of lmms-eval is edited.
 
     python -m lmms_eval --model deepstack \
         --model_args pretrained=deepstack-hf/deepstack-l-hd-vicuna-7b,dtype=float16 \

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..media_fetch import describe_source
+from ...media_fetch import describe_source
 from .errors import RequestError
 
 ROLES = ("system", "user", "assistant")

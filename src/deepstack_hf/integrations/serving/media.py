@@ -29,7 +29,7 @@ from urllib.parse import unquote, urlsplit
 
 from PIL import Image
 
-from ..media_fetch import MediaFetchError, describe_source, fetch_url, is_url
+from ...media_fetch import MediaFetchError, describe_source, fetch_url, is_url
 from .chat_request import MediaReference
 from .errors import RequestError
 from .settings import ServerSettings
