@@ -7,10 +7,7 @@ independent expectation is the package used directly, one question at a time. Th
 (the results JSON and the samples JSONL): lmms-eval exits 0 and prints its table even when every request failed.
 """
 
-import textwrap
-
 import pytest
-import torch
 
 pytest.importorskip("lmms_eval", reason="lmms-eval is not installed (pip install '.[lmms-eval]', docs/evaluation.md)")
 datasets = pytest.importorskip("datasets", reason="lmms-eval's `datasets` dependency is not installed")
@@ -19,51 +16,18 @@ from PIL import Image, ImageDraw  # noqa: E402
 from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
 
 import deepstack_hf  # noqa: E402,F401
-from deepstack_hf.conversion import convert_checkpoint  # noqa: E402
-from deepstack_hf.testing_utils.synthetic_checkpoint import build_synthetic_checkpoint  # noqa: E402
-from lmms_eval_run import run_lmms_eval, samples_and_results  # noqa: E402
+from lmms_eval_run import (  # noqa: E402
+    POST_PROMPT,
+    greedy_answers,
+    run_lmms_eval,
+    samples_and_results,
+    tiny_converted_checkpoint,
+    write_task,
+)
 
 TASK = "deepstack_tiny_vqa"
-POST_PROMPT = "\nAnswer the question using a single word or phrase."
-NEW_TOKENS = 5
 QUESTIONS = ["what is red?", "how many shapes?", "what color is the sky?", "is there a cat?"]
 SIZES = [(150, 96), (96, 150), (112, 112), (200, 60)]  # four different crop grids
-
-TASK_YAML = f"""
-task: {TASK}
-dataset_path: {{data}}
-dataset_kwargs:
-  load_from_disk: true
-output_type: generate_until
-test_split: test
-doc_to_visual: !function tiny_vqa_utils.doc_to_visual
-doc_to_text: !function tiny_vqa_utils.doc_to_text
-doc_to_target: answer
-process_results: !function tiny_vqa_utils.process_results
-generation_kwargs:
-  max_new_tokens: {NEW_TOKENS}
-  temperature: 0
-  until:
-    - "ASSISTANT:"
-metric_list:
-  - metric: exact_match
-    aggregation: mean
-    higher_is_better: true
-"""
-
-TASK_UTILS = f'''
-def doc_to_visual(doc):
-    return [doc["image"].convert("RGB")]
-
-
-def doc_to_text(doc):
-    return doc["question"] + {POST_PROMPT!r}
-
-
-def process_results(doc, results):
-    return {{"exact_match": float(results[0].strip().lower() == doc["answer"])}}
-'''
-
 
 def picture(size, seed):
     image = Image.new("RGB", size, (230 - 30 * seed, 220, 200))
@@ -75,10 +39,7 @@ def picture(size, seed):
 @pytest.fixture(scope="module")
 def tiny_task(tmp_path_factory):
     root = tmp_path_factory.mktemp("lmms")
-    synthetic = build_synthetic_checkpoint(
-        root / "src", text_model_type="llama", hd=True, dtype=torch.float32, tokenizer_vocab_size=512
-    )
-    model_dir = convert_checkpoint(synthetic.checkpoint, root / "model", progress=False).output_dir
+    model_dir = tiny_converted_checkpoint(root)
     images = [picture(size, seed) for seed, size in enumerate(SIZES)]
     test = datasets.Dataset.from_dict(
         {"image": images, "question": QUESTIONS, "answer": ["red", "two", "blue", "no"]},
@@ -86,27 +47,15 @@ def tiny_task(tmp_path_factory):
             {"image": datasets.Image(), "question": datasets.Value("string"), "answer": datasets.Value("string")}
         ),
     )
-    datasets.DatasetDict({"test": test}).save_to_disk(str(root / "data"))
-    tasks = root / "tasks"
-    tasks.mkdir()
-    (tasks / f"{TASK}.yaml").write_text(TASK_YAML.format(data=root / "data"))
-    (tasks / "tiny_vqa_utils.py").write_text(textwrap.dedent(TASK_UTILS))
+    write_task(root, TASK, test, visual='doc["image"].convert("RGB")')
     return root, model_dir, images
 
 
 def one_at_a_time(model_dir, images):
-    """The package itself, batch size 1: the checkpoint's chat template, image first, greedy, cut at ASSISTANT:."""
+    """The package itself, batch size 1 (`greedy_answers`)."""
     processor = AutoProcessor.from_pretrained(model_dir)
     model = AutoModelForImageTextToText.from_pretrained(model_dir)
-    answers = []
-    for question, image in zip(QUESTIONS, images):
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question + POST_PROMPT}]}]
-        prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-        inputs = processor(images=image, text=prompt, return_tensors="pt")
-        output = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
-        answer = processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-        answers.append(answer.split("ASSISTANT:", 1)[0])
-    return answers
+    return greedy_answers(processor, model, images, QUESTIONS)
 
 
 def test_lmms_eval_runs_the_deepstack_plugin_batched(tiny_task):
