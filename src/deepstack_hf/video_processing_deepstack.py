@@ -13,8 +13,6 @@ Transformers' `BaseVideoProcessor` hooks (`sample_frames`, `_decode_and_sample_v
 frames are NumPy arrays, resized (only when they differ in size) with Pillow.
 """
 
-from __future__ import annotations
-
 import math
 
 import numpy as np
