@@ -80,13 +80,22 @@ class DeepStackProcessor(ProcessorMixin):
     DeepStack processor: a [`DeepStackImageProcessor`], a Llama-family fast tokenizer and a
     [`DeepStackVideoProcessor`], plus the chat template (`deepstack_hf.chat_templates`).
 
-    `__call__(images=None, text=None, videos=None, audio=None, **kwargs)` is `ProcessorMixin.__call__`: it returns
-    a `BatchFeature` with `input_ids` and `attention_mask` (when `text` is given) and `pixel_values` and
-    `image_sizes` (when `images` or `videos` are given), and takes every standard tokenizer keyword (`padding`,
-    `truncation`, `max_length`, `padding_side`, `return_offsets_mapping`, `return_length`...) and
-    `return_mm_token_type_ids` / `return_text_replacement_offsets`. Truncation is allowed as long as it cuts no
-    image token; otherwise a `ValueError` names the image. Image keyword arguments go to the image processor
-    (`num_crops`, `hd_layout`...), video ones to the video processor (`num_frames`, `frames_per_row`).
+    `__call__(images=None, text=None, videos=None, audio=None, **kwargs)` is `ProcessorMixin.__call__` on the hooks
+    below (docs/design.md, "The processor"). It returns a `BatchFeature` with:
+
+    - `input_ids`, `attention_mask`: `(batch, seq)` (lists of lists, or arrays / tensors with `return_tensors`),
+      each `<image>` marker expanded to its image's tokens (when `text` is given);
+    - `pixel_values`: float32 `(num_images, max_views, 3, S, S)`, each image's views then zero views up to the most
+      views any image can get under the call's settings (`pad_to_max_views`; 5 plain and 25 HD for `num_crops=4`),
+      or a list of `(num_views, 3, S, S)` with `do_pad=False`; `image_sizes`: int64 `(num_images, 2)`, each
+      image's `(height, width)` (when `images` or `videos` are given; images in reading order of their markers).
+
+    It takes every standard tokenizer keyword (`padding`, `truncation`, `max_length`, `padding_side`,
+    `return_offsets_mapping`, `return_length`...) and `return_mm_token_type_ids` / `return_text_replacement_offsets`,
+    typed in [`DeepStackProcessorKwargs`]: image keywords go to the image processor (`num_crops`, `hd_layout`...),
+    video ones to the video processor (`num_frames`, `frames_per_row`). Truncation is allowed as long as it cuts no
+    image token; otherwise a `ValueError` names the image. The processor keeps no state between calls: threads may
+    share it.
 
     Each video (a path, an http(s) URL, the encoded bytes, a binary file object, a `(T, H, W, 3)` array or tensor,
     or a list of PIL frames) becomes the image grid of its frames, and its `<video>` marker an `<image>` marker, in
