@@ -70,11 +70,11 @@ class DeepStackImageProcessorKwargs(ImagesKwargs, total=False):
         [`DeepStackProcessor`] asks for it; the image processor alone pads to the batch, as LLaVA-NeXT's does.
     """
 
-    num_crops: int
-    hd_layout: bool
-    patch_size: int
-    square_grid: bool
-    pad_to_max_views: bool
+    num_crops: int | None
+    hd_layout: bool | None
+    patch_size: int | None
+    square_grid: bool | None
+    pad_to_max_views: bool | None
 
 
 def _reference_values(do_rescale: bool, rescale_factor: float, do_normalize: bool, mean, std) -> np.ndarray:

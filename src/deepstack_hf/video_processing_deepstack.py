@@ -116,7 +116,7 @@ class DeepStackVideoProcessorKwargs(VideosKwargs, total=False):
         Cells in a row of the grid; the last row is filled with white cells.
     """
 
-    frames_per_row: int
+    frames_per_row: int | None
 
 
 class DeepStackVideoProcessor(BaseVideoProcessor):
