@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from deepstack_hf import DeepStackImageProcessor, DeepStackImageProcessorFast
-from deepstack_hf.image_inputs import to_rgb
+from deepstack_hf.image_inputs import flatten_images, to_rgb
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
@@ -229,6 +229,8 @@ def test_property_both_backends_agree_on_any_dtype_and_channels(dtype, channels,
     rng = np.random.RandomState(seed)
     shape = size if channels is None else (*size, channels)
     values = rng.rand(*shape) * high
+    if dtype == "float16":  # 16-bit levels overflow float16 (largest finite value 65504) to infinity: refused
+        values = np.minimum(values, np.finfo(np.float16).max)
     array = values > high / 2 if dtype == "bool" else values.astype(dtype)
     if tensor:
         array = torch.from_numpy(array)
@@ -258,3 +260,18 @@ def test_rescaled_floats_with_do_rescale_false_keep_the_normal_range_like_clip(b
     # 8-bit inputs with do_rescale=False keep their levels, as CLIP does
     levels = clip(RGB, return_tensors="np", input_data_format="channels_last")["pixel_values"][0]
     np.testing.assert_allclose(first_view(backend, RGB, do_rescale=False), levels, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- structure
+def test_flatten_images_lists_single_images_in_order():
+    a, b, c = (Image.new("RGB", (2, 2), (value, 0, 0)) for value in (1, 2, 3))
+    batch = np.zeros((2, 5, 6, 3), np.uint8)
+    assert flatten_images(a) == [a]
+    assert flatten_images([[a, b], [], [c]]) == [a, b, c]  # one list per prompt, an empty one included
+    assert flatten_images(([], [[]])) == []
+    flat = flatten_images([a, batch, torch.zeros(4, 4)])
+    assert flat[0] is a and [item.shape for item in flat[1:]] == [(5, 6, 3), (5, 6, 3), (4, 4)]
+    with pytest.raises(ValueError, match=r"2, 3 or 4 \(batch\) dimensions, got shape \(1, 1, 1, 1, 1\)"):
+        flatten_images([np.zeros((1, 1, 1, 1, 1))])
+    with pytest.raises(ValueError, match="Unsupported image type int"):
+        flatten_images([a, 3])

@@ -20,9 +20,8 @@ from PIL import Image, ImageOps
 
 import deepstack_hf
 from deepstack_hf import DeepStackImageProcessor
-from deepstack_hf.grid_layout import num_views, select_best_grid
+from deepstack_hf.grid_layout import num_views, select_best_grid, view_plan
 from deepstack_hf import image_inputs
-from deepstack_hf.image_processing_deepstack import view_plan
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
@@ -425,6 +424,43 @@ def test_view_plan_counts_views():
             for hd in (False, True):
                 plan = view_plan(grid, num_crops, hd)
                 assert sum(cols * rows for cols, rows, _ in plan) == num_views(grid, num_crops, hd)
+
+
+# ----------------------------------------------------------------------------- view padding
+# The most views an image can get, by hand (docs/design.md, "Views"): the largest grid has num_crops crops, so
+# 1 + num_crops plain views, and HD (u = isqrt(num_crops)) each of those with its u*u sub-crops.
+MOST_VIEWS = {(4, False): 1 + 4, (4, True): (1 + 4) * (1 + 4), (9, False): 1 + 9, (9, True): (1 + 9) * (1 + 9)}
+
+
+def as_float32_bits(values) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(values, dtype=np.float32)).view(np.uint32)
+
+
+@pytest.mark.parametrize("backend", ["exact", "torch"])
+@pytest.mark.parametrize("return_tensors", ["np", "pt"])
+@pytest.mark.parametrize("num_crops, hd", sorted(MOST_VIEWS))
+def test_pad_to_max_views_appends_zero_views_up_to_the_settings_most(backend, return_tensors, num_crops, hd):
+    from deepstack_hf import DeepStackImageProcessorFast
+
+    cls = DeepStackImageProcessor if backend == "exact" else DeepStackImageProcessorFast
+    processor = cls(crop_size=14, patch_size=14, num_crops=num_crops, hd_layout=hd)
+    images = [Image.fromarray(np.random.RandomState(seed).randint(0, 256, (h, w, 3), dtype=np.uint8))
+              for seed, (w, h) in enumerate([(20, 12), (12, 20), (40, 9)])]
+    own = [np.asarray(views) for views in processor(images, do_pad=False)["pixel_values"]]  # each image's views
+    most = MOST_VIEWS[num_crops, hd]
+    assert max(len(views) for views in own) < most  # small images: small grids, so the padding shows
+    expected = np.stack([np.concatenate([views, np.zeros((most - len(views), *views.shape[1:]), np.float32)])
+                         for views in own])
+
+    padded = processor(images, pad_to_max_views=True, return_tensors=return_tensors)["pixel_values"]
+    assert isinstance(padded, np.ndarray if return_tensors == "np" else torch.Tensor)
+    np.testing.assert_array_equal(as_float32_bits(padded), as_float32_bits(expected))
+    # by default, as LLaVA-NeXT's image processor: up to the batch's largest view count
+    batch = processor(images, return_tensors=return_tensors)["pixel_values"]
+    np.testing.assert_array_equal(as_float32_bits(batch), as_float32_bits(expected[:, : max(map(len, own))]))
+    # do_pad=False pads nothing
+    unpadded = processor(images, do_pad=False, pad_to_max_views=True)["pixel_values"]
+    assert [np.asarray(views).shape for views in unpadded] == [views.shape for views in own]
 
 
 # ----------------------------------------------------------------------------- EXIF orientation and wide modes

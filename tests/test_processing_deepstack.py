@@ -274,6 +274,42 @@ def test_property_shapes_and_counts(processor, hd_processor, slow_encode, pieces
         assert out["image_sizes"].tolist() == [[h, w] for w, h in sizes]
 
 
+def float32_bits(values) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(values, dtype=np.float32)).view(np.uint32)
+
+
+@pytest.mark.parametrize("backend", ["exact", "torch"])
+@pytest.mark.parametrize("return_tensors", ["np", "pt"])
+@pytest.mark.parametrize("hd", [False, True])
+def test_pixel_values_are_each_images_views_then_zero_views_up_to_the_most_views(
+    sp_model_path, backend, return_tensors, hd
+):
+    """Samples processed one by one stack into a batch: `pixel_values` holds each image's own views (the image
+    processor's, unpadded) and zero views up to the most views any image can get with num_crops=4, whatever the
+    images (5 plain; 25 HD: 5 sequence views with 4 sub-crops each). `do_pad=False` pads nothing."""
+    cls = DeepStackImageProcessor if backend == "exact" else deepstack_hf.DeepStackImageProcessorFast
+    image_processor = cls(crop_size=56, patch_size=14, hd_layout=hd)
+    processor = DeepStackProcessor(image_processor, tokenizer_from_sentencepiece(sp_model_path))
+    images, prompts = [image(40, 25), image(9, 9), image(200, 50)], ["<image> a <image>", "b <image>"]
+    own = [np.asarray(views) for views in image_processor(images, do_pad=False)["pixel_values"]]
+    most = 25 if hd else 5
+    expected = np.stack([np.concatenate([views, np.zeros((most - len(views), 3, 56, 56), np.float32)]) for views in own])
+
+    out = processor(images=images, text=prompts, padding=True, return_tensors=return_tensors)
+    assert isinstance(out["pixel_values"], np.ndarray if return_tensors == "np" else torch.Tensor)
+    np.testing.assert_array_equal(float32_bits(out["pixel_values"]), float32_bits(expected))
+    assert np.asarray(out["image_sizes"]).tolist() == [[25, 40], [9, 9], [50, 200]]
+    one_by_one = [processor(images=[im], text="<image>", return_tensors=return_tensors) for im in images]
+    stacked = np.concatenate([np.asarray(single["pixel_values"]) for single in one_by_one])
+    np.testing.assert_array_equal(float32_bits(stacked), float32_bits(expected))
+
+    unpadded = processor(images=images, text=prompts, padding=True, do_pad=False)
+    assert [np.asarray(views).shape for views in unpadded["pixel_values"]] == [views.shape for views in own]
+    assert unpadded["input_ids"] == processor(images=images, text=prompts, padding=True)["input_ids"]
+    for views, expected_views in zip(unpadded["pixel_values"], own, strict=True):
+        np.testing.assert_array_equal(float32_bits(views), float32_bits(expected_views))
+
+
 def test_empty_per_sample_image_lists_are_a_text_only_batch(processor):
     """What collators build for a text-only batch: one empty image list per sample."""
     text = ["USER: hello ASSISTANT:", "USER: and you? ASSISTANT:"]

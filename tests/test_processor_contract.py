@@ -129,6 +129,93 @@ def test_truncation_allowed_unless_an_image_is_cut(processor, slow):
         processor(images=[image(9, 9)] * 2, text="a <image><image> c", truncation=True, max_length=2 * PLAIN_TOKENS)
 
 
+def outcome(processor, request):
+    """The ids of one call, or its error message."""
+    images, text = request
+    try:
+        return processor(images=images, text=text, truncation=True, max_length=2 * PLAIN_TOKENS + 2)["input_ids"]
+    except ValueError as error:
+        return str(error)
+
+
+# prompts of one and two rows, images adjacent or not; the truncation cuts an image in some of them
+CONCURRENT_REQUESTS = [
+    ([image(9, 9)], "a <image> b"),
+    ([image(9, 9)] * 3, ["<image><image> the cat sat on the mat", "<image> c"]),
+    ([image(40, 25)] * 2, "a <image> b <image> c d e f g h i j k"),
+    ([image(9, 9)] * 4, ["<image>", "<image>", "x <image><image>"]),
+]
+
+
+def test_a_call_leaves_the_processor_as_it_was(processor):
+    """No state between calls: after calls that succeed and calls whose truncation cuts an image, the processor
+    holds the same attributes, the same objects, as before."""
+    before = dict(vars(processor))
+    outcomes = [outcome(processor, request) for request in CONCURRENT_REQUESTS]
+    assert any(isinstance(result, str) for result in outcomes) and any(isinstance(r, list) for r in outcomes)
+    assert vars(processor).keys() == before.keys()
+    assert all(vars(processor)[name] is value for name, value in before.items())
+
+
+def test_concurrent_calls_give_the_results_of_one_at_a_time_calls(processor):
+    """A processor shared by threads (a server's, a data loader's) mixes no calls: each call's truncation check
+    sees its own prompts' images. (Every call uses the same tokenizer settings: Transformers' fast tokenizer sets
+    truncation and padding on its shared backend at each call.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    expected = [outcome(processor, request) for request in CONCURRENT_REQUESTS]
+    assert [row.count(IMAGE_ID) for row in expected[1]] == [2 * PLAIN_TOKENS, PLAIN_TOKENS]  # every image kept
+    assert expected[2].startswith("Truncation cuts image 1 of prompt 0:")
+    assert expected[3].startswith("Truncation cuts image 1 of prompt 2:")
+    requests = CONCURRENT_REQUESTS * 30
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda request: outcome(processor, request), requests))
+    assert results == expected * 30
+
+
+# ------------------------------------------------------------------------------------------------ typed keyword arguments
+def test_image_and_video_kwargs_reach_their_processors_flat_or_per_modality(processor):
+    """`num_crops` / `hd_layout` reach the image processor, `num_frames` / `frames_per_row` the video processor.
+
+    A 9x9 image with num_crops=9 gets the candidate grid of least waste, (1, 2): HD at p = 56 / 14 = 4 that is
+    p*p + p*h*(p*w + 1) = 16 + 4*2*5 = 56 tokens, and its views are padded to (1 + 9) * (1 + 3*3) = 100. Four of
+    eight 8x10 frames, four to a row, make one 8x40 grid image."""
+    for kwargs in ({"num_crops": 9, "hd_layout": True}, {"images_kwargs": {"num_crops": 9, "hd_layout": True}}):
+        out = processor(images=[image(9, 9)], text="<image>", return_tensors="np", **kwargs)
+        assert (out["input_ids"][0] == IMAGE_ID).sum() == 56
+        assert out["pixel_values"].shape == (1, 100, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
+    video = np.zeros((8, 8, 10, 3), dtype=np.uint8)
+    for kwargs in ({"num_frames": 4, "frames_per_row": 4}, {"videos_kwargs": {"num_frames": 4, "frames_per_row": 4}}):
+        assert processor(text="<video>", videos=[video], **kwargs)["image_sizes"].tolist() == [[8, 40]]
+    assert processor(text="<video>", videos=[video])["image_sizes"].tolist() == [[24, 20]]  # 6 frames, 2 to a row
+
+
+def test_ill_typed_and_unknown_kwargs_are_handled_as_transformers_does(processor):
+    """DeepStack's own keys are typed like Transformers' own (`do_rescale`, `num_frames`): a value of the wrong
+    type fails the same way; an unknown key is ignored with Transformers' warning."""
+    from transformers.testing_utils import CaptureLogger
+    from transformers.utils import logging
+
+    def failure(**kwargs):
+        with pytest.raises(Exception) as error:
+            processor(images=[image(9, 9)], text="<image> <video>", videos=[np.zeros((2, 8, 8, 3), np.uint8)], **kwargs)
+        return type(error.value), str(error.value)
+
+    standard, message = failure(do_rescale="yes")
+    assert "do_rescale" in message
+    for key, value in [("num_crops", "four"), ("hd_layout", "yes"), ("pad_to_max_views", 3), ("frames_per_row", "x")]:
+        kind, message = failure(**{key: value})
+        assert kind is standard and key in message
+    assert failure(num_frames="x")[0] is standard
+
+    expected = processor(images=[image(9, 9)], text="<image>")
+    with CaptureLogger(logging.get_logger("transformers.processing_utils")) as captured:
+        out = processor(images=[image(9, 9)], text="<image>", deepstack_unknown_option=3)
+    assert "`deepstack_unknown_option` is not a valid argument for this processor and will be ignored" in captured.out
+    assert out["input_ids"] == expected["input_ids"]
+    np.testing.assert_array_equal(out["pixel_values"], expected["pixel_values"])
+
+
 @pytest.mark.parametrize("empty", [None, [], ()])
 def test_empty_videos_and_audio_are_accepted(processor, empty):
     out = processor(images=[image(40, 25)], text="<image> hi", videos=empty, audio=empty)

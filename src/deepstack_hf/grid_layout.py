@@ -1,4 +1,4 @@
-"""Crop-grid and token-count arithmetic shared by the image processor, the processor and the model.
+"""Crop-grid, view and token-count arithmetic shared by the image processor, the processor and the model.
 
 A *grid* is ``(grid_width, grid_height)``: how many 336-pixel crops wide and tall the high-resolution
 canvas of an image is (width first; docs/design.md, "The crop grid"). Every function here is pure integer arithmetic so
@@ -96,6 +96,31 @@ def num_views(grid: tuple[int, int], num_crops: int, hd_layout: bool) -> int:
     if not hd_layout:
         return sequence_views
     return sequence_views * (1 + hd_upsample_factor(num_crops) ** 2)
+
+
+def max_num_views(num_crops: int, hd_layout: bool) -> int:
+    """The most views any image can get under these settings: [`num_views`] of the largest candidate grid.
+
+    Every image's grid is one of ``candidate_grids(num_crops)`` (the square grid, when it is used, is one of them
+    too), so padding the view axis to this count lets inputs processed separately stack into one batch.
+    """
+    return max(num_views(grid, num_crops, hd_layout) for grid in candidate_grids(num_crops))
+
+
+def view_plan(grid: tuple[int, int], num_crops: int, hd_layout: bool) -> list[tuple[int, int, int]]:
+    """The stretches an image's views are cut from, in the views' order: ``(cols, rows, block)`` each.
+
+    Each entry stretches the image to ``(cols * S, rows * S)`` pixels and cuts it into ``S x S`` crops, taken
+    block by block (``block x block`` crops each, blocks row-major), row-major inside a block. Plain: the global
+    view ``(1, 1, 1)`` and the canvas ``(w, h, 1)``; HD adds ``(u, u, 1)`` and ``(u*w, u*h, u)`` (every grid
+    cell's ``u x u`` sub-crops together). ``sum(cols * rows)`` is [`num_views`].
+    """
+    grid_w, grid_h = grid
+    plan = [(1, 1, 1), (grid_w, grid_h, 1)]
+    if hd_layout:
+        up = hd_upsample_factor(num_crops)
+        plan += [(up, up, 1), (grid_w * up, grid_h * up, up)]
+    return plan
 
 
 def num_sequence_views(grid: tuple[int, int]) -> int:

@@ -18,6 +18,9 @@ docs/image_processing.md ("Inputs") states them for users; in short:
   photo 99 % white); negative integers are refused. Floats whose maximum is at most 1 are rescaled values
   ([0, 1], multiplied by 255), other floats are levels ([0, 255]); values outside that range are clipped to it
   with a warning naming the range seen; NaN and infinity are refused.
+
+Any number of images may come single, in a list, nested one list per prompt or as a 4-D batch array
+([`flatten_images`] lists them one by one).
 """
 
 from __future__ import annotations
@@ -42,6 +45,24 @@ WIDE_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 # Modes vLLM composites onto the background (plus any image whose `info` carries a transparency key).
 ALPHA_MODES = ("RGBA", "LA", "PA")
 BACKGROUND = (255, 255, 255)  # white, as vLLM's default `rgba_background_color`
+
+
+def flatten_images(images) -> list:
+    """The single images of `images`, in order: a single image, a list, nested lists (one per prompt, empty ones
+    included) or a 4-D batch array or tensor ``(N, ...)``. Paths and URLs must have been opened first."""
+    if isinstance(images, (list, tuple)):
+        return [image for item in images for image in flatten_images(item)]
+    if isinstance(images, Image.Image):
+        return [images]
+    if hasattr(images, "ndim") and hasattr(images, "shape"):
+        if images.ndim in (2, 3):
+            return [images]
+        if images.ndim == 4:
+            return list(images)
+        raise ValueError(f"An image array must have 2, 3 or 4 (batch) dimensions, got shape {tuple(images.shape)}.")
+    raise ValueError(
+        f"Unsupported image type {type(images).__name__}: pass PIL images, NumPy arrays, torch tensors, paths or URLs."
+    )
 
 
 def open_image(source: str) -> Image.Image:
@@ -209,6 +230,7 @@ __all__ = [
     "array_to_pil",
     "as_numpy",
     "channels_last",
+    "flatten_images",
     "flatten_to_rgb",
     "is_rescaled_input",
     "open_image",

@@ -26,8 +26,6 @@ that turn any input into 8-bit RGB live in :mod:`.image_inputs`); ``image_proces
 backend.
 """
 
-from __future__ import annotations
-
 from functools import lru_cache
 
 import numpy as np
@@ -48,8 +46,8 @@ from transformers.image_utils import (
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import TensorType
 
-from .grid_layout import hd_upsample_factor, image_grid, num_image_tokens, num_views
-from .image_inputs import is_rescaled_input, open_image, to_rgb
+from .grid_layout import image_grid, max_num_views, num_image_tokens, num_views, view_plan
+from .image_inputs import flatten_images, is_rescaled_input, open_image, to_rgb
 
 
 class DeepStackImageProcessorKwargs(ImagesKwargs, total=False):
@@ -64,58 +62,19 @@ class DeepStackImageProcessorKwargs(ImagesKwargs, total=False):
     square_grid (`bool`, *optional*, defaults to `self.square_grid`):
         Give every image the square grid `(sqrt(num_crops), sqrt(num_crops))` instead of the best-fitting one
         (the original's `2xsample`; DeepStack-V needs it). Must match the model config's `square_grid`.
+    pad_to_max_views (`bool`, *optional*, defaults to `self.pad_to_max_views`, `False`):
+        With `do_pad`, zero-pad the view axis of `pixel_values` to the most views any image can get under the
+        call's `num_crops` and `hd_layout` ([`~deepstack_hf.grid_layout.max_num_views`]: 5 plain and 25 HD for
+        `num_crops=4`) instead of to the batch's largest view count, so that inputs processed separately (a
+        pipeline's or a data loader's samples) stack into one batch whatever their crop grids.
+        [`DeepStackProcessor`] asks for it; the image processor alone pads to the batch, as LLaVA-NeXT's does.
     """
 
-    num_crops: int
-    hd_layout: bool
-    patch_size: int
-    square_grid: bool
-
-
-def _flatten_images(images) -> list:
-    """Flat list of single images from a single image, a list, a nested list or a 4-D batch array."""
-    if isinstance(images, (list, tuple)):
-        return [image for item in images for image in _flatten_images(item)]
-    if isinstance(images, Image.Image):
-        return [images]
-    if hasattr(images, "ndim") and hasattr(images, "shape"):
-        if images.ndim in (2, 3):
-            return [images]
-        if images.ndim == 4:
-            return list(images)
-        raise ValueError(f"An image array must have 2, 3 or 4 (batch) dimensions, got shape {tuple(images.shape)}.")
-    raise ValueError(
-        f"Unsupported image type {type(images).__name__}: pass PIL images, NumPy arrays, torch tensors, paths or URLs."
-    )
-
-
-def view_plan(grid: tuple[int, int], num_crops: int, hd_layout: bool) -> list[tuple[int, int, int]]:
-    """The stretches an image's views are cut from, in the views' order: ``(cols, rows, block)`` each.
-
-    Each entry stretches the image to ``(cols * S, rows * S)`` pixels and cuts it into ``S x S`` crops, taken
-    block by block (``block x block`` crops each, blocks row-major), row-major inside a block. Plain: the global
-    view ``(1, 1, 1)`` and the canvas ``(w, h, 1)``; HD adds ``(u, u, 1)`` and ``(u*w, u*h, u)`` (every grid
-    cell's ``u x u`` sub-crops together). ``sum(cols * rows)`` is :func:`~deepstack_hf.grid_layout.num_views`.
-    """
-    grid_w, grid_h = grid
-    plan = [(1, 1, 1), (grid_w, grid_h, 1)]
-    if hd_layout:
-        up = hd_upsample_factor(num_crops)
-        plan += [(up, up, 1), (grid_w * up, grid_h * up, up)]
-    return plan
-
-
-def block_order(pixels, crop: int, block: int):
-    """Crops of channels-last stretches ``(..., rows*S, cols*S, C)`` as ``(..., rows/b, cols/b, b, b, C, S, S)``.
-
-    Row-major blocks, row-major crops inside a block, channel-first crops: flattening the four axes after the
-    leading ones lists the views in order. A view of ``pixels`` (NumPy array or torch tensor), nothing is copied.
-    """
-    *lead, height, width, channels = pixels.shape
-    rows, cols = height // (crop * block), width // (crop * block)
-    tiles = pixels.reshape(*lead, rows, block, crop, cols, block, crop, channels)
-    order = tuple(range(len(lead))) + tuple(len(lead) + axis for axis in (0, 3, 1, 4, 6, 2, 5))
-    return tiles.permute(order) if hasattr(tiles, "permute") else tiles.transpose(order)
+    num_crops: int | None
+    hd_layout: bool | None
+    patch_size: int | None
+    square_grid: bool | None
+    pad_to_max_views: bool | None
 
 
 def _reference_values(do_rescale: bool, rescale_factor: float, do_normalize: bool, mean, std) -> np.ndarray:
@@ -196,8 +155,9 @@ def _normaliser(do_rescale: bool, rescale_factor: float, do_normalize: bool, mea
 
 
 class DeepStackImageProcessingMixin:
-    """What the PIL and torch backends share: defaults, settings checks, the crop grid, the view plan, token
-    counts and input handling. The grid of an image is chosen in :meth:`get_image_grid` only."""
+    """What the PIL and torch backends share: defaults, settings checks, the crop grid, token counts, the cutting
+    of views out of stretches (:meth:`block_order`), the padded view count and input handling. The grid of an image
+    is chosen in :meth:`get_image_grid` only; its views follow :func:`~deepstack_hf.grid_layout.view_plan`."""
 
     model_input_names = ["pixel_values", "image_sizes"]
     valid_kwargs = DeepStackImageProcessorKwargs
@@ -215,6 +175,7 @@ class DeepStackImageProcessingMixin:
     hd_layout = False
     patch_size = 14
     square_grid = False
+    pad_to_max_views = False
 
     def __init__(self, **kwargs: Unpack[DeepStackImageProcessorKwargs]):
         super().__init__(**kwargs)
@@ -297,6 +258,29 @@ class DeepStackImageProcessingMixin:
         counts = [num_image_tokens(grids[size], bool(hd_layout), crop // int(patch_size)) for size in sizes]
         return np.array(counts, dtype=np.int64)
 
+    @staticmethod
+    def padded_view_count(view_counts: list[int], num_crops: int, hd_layout: bool, pad_to_max_views: bool) -> int:
+        """Length of the view axis of padded ``pixel_values``: the batch's largest view count, or with
+        ``pad_to_max_views`` the most views any image can get under these settings
+        ([`~deepstack_hf.grid_layout.max_num_views`])."""
+        if pad_to_max_views:
+            return max_num_views(int(num_crops), bool(hd_layout))
+        return max(view_counts)
+
+    @staticmethod
+    def block_order(pixels, crop: int, block: int):
+        """Crops of channels-last stretches ``(..., rows*S, cols*S, C)`` as ``(..., rows/b, cols/b, b, b, C, S, S)``.
+
+        Row-major blocks, row-major crops inside a block, channel-first crops: flattening the four axes after the
+        leading ones lists the views in order. A view of ``pixels`` (NumPy array or torch tensor), nothing is
+        copied.
+        """
+        *lead, height, width, channels = pixels.shape
+        rows, cols = height // (crop * block), width // (crop * block)
+        tiles = pixels.reshape(*lead, rows, block, crop, cols, block, crop, channels)
+        order = tuple(range(len(lead))) + tuple(len(lead) + axis for axis in (0, 3, 1, 4, 6, 2, 5))
+        return tiles.permute(order) if hasattr(tiles, "permute") else tiles.transpose(order)
+
     # ------------------------------------------------------------------ input handling
     def fetch_images(self, image_url_or_urls):
         """Open paths, URLs and base64 strings (lazily, orientation and mode untouched); other inputs pass."""
@@ -316,7 +300,7 @@ class DeepStackImageProcessingMixin:
 
     def _prepare_images_structure(self, images: ImageInput, expected_ndims: int = 3) -> list:
         images = self.fetch_images(images)
-        flat = _flatten_images(images)
+        flat = flatten_images(images)
         if not flat:
             raise ValueError("No images were given.")
         return flat
@@ -344,8 +328,9 @@ class DeepStackImageProcessor(DeepStackImageProcessingMixin, PilBackend):
     Returns a `BatchFeature` with:
 
     - `pixel_values`: float32 `(num_images, max_views, 3, S, S)`; each image's views in the original order
-      (see the module docstring), then zero views up to the batch's largest view count. With `do_pad=False` a
-      list of `(num_views, 3, S, S)` arrays instead.
+      (see the module docstring), then zero views up to the batch's largest view count (with
+      `pad_to_max_views=True`: up to the most views any image can get under these settings). With `do_pad=False`
+      a list of `(num_views, 3, S, S)` arrays instead.
     - `image_sizes`: int64 `(num_images, 2)`, each image's `(height, width)` (after EXIF orientation).
     - `num_image_tokens`: int64 `(num_images,)`, the visual tokens each image occupies in the prompt, from the
       crop grid its views were cut with (what the processor expands each `<image>` marker to).
@@ -372,7 +357,8 @@ class DeepStackImageProcessor(DeepStackImageProcessingMixin, PilBackend):
         do_pad (`bool`, *optional*, defaults to `True`):
             Zero-pad the view dimension so that the batch stacks into one array.
         num_crops (`int`, *optional*, defaults to 4), hd_layout (`bool`, *optional*, defaults to `False`),
-        patch_size (`int`, *optional*, defaults to 14), square_grid (`bool`, *optional*, defaults to `False`):
+        patch_size (`int`, *optional*, defaults to 14), square_grid (`bool`, *optional*, defaults to `False`),
+        pad_to_max_views (`bool`, *optional*, defaults to `False`):
             See `DeepStackImageProcessorKwargs`.
     """
 
@@ -388,7 +374,7 @@ class DeepStackImageProcessor(DeepStackImageProcessingMixin, PilBackend):
         """Write one RGB image's views, normalised, into ``out`` (float32 ``(num_views, 3, S, S)``)."""
         start = 0
         for (cols, rows, block), pixels in zip(plan, self.stretches(image, plan, crop, resample)):
-            tiles = block_order(pixels, crop, block)
+            tiles = self.block_order(pixels, crop, block)
             np.copyto(out[start : start + cols * rows].reshape(tiles.shape), tiles, casting="unsafe")
             start += cols * rows
         normalise(out)
@@ -409,6 +395,7 @@ class DeepStackImageProcessor(DeepStackImageProcessingMixin, PilBackend):
         hd_layout: bool,
         square_grid: bool | None = None,
         patch_size: int | None = None,
+        pad_to_max_views: bool | None = None,
         do_convert_rgb: bool | None = True,
         input_data_format: str | ChannelDimension | None = None,
         rescaled_inputs: list[bool] | None = None,
@@ -426,7 +413,8 @@ class DeepStackImageProcessor(DeepStackImageProcessingMixin, PilBackend):
         plans = [view_plan(grids[size], int(num_crops), bool(hd_layout)) for size in sizes]
         counts = [sum(cols * rows for cols, rows, _ in plan) for plan in plans]
         if do_pad is not False:
-            pixel_values = np.zeros((len(rgb_images), max(counts), 3, crop, crop), dtype=np.float32)
+            padded = self.padded_view_count(counts, num_crops, hd_layout, pad_to_max_views)
+            pixel_values = np.zeros((len(rgb_images), padded, 3, crop, crop), dtype=np.float32)
             outputs = [pixel_values[index, :count] for index, count in enumerate(counts)]
         else:
             pixel_values = outputs = [np.empty((count, 3, crop, crop), dtype=np.float32) for count in counts]

@@ -22,14 +22,9 @@ from transformers.image_utils import ChannelDimension, ImageInput, PILImageResam
 from transformers.processing_utils import Unpack
 from transformers.utils import TensorType, is_torchvision_available
 
+from .grid_layout import num_views, view_plan
 from .image_inputs import channels_last, is_rescaled_input, to_rgb
-from .image_processing_deepstack import (
-    DeepStackImageProcessingMixin,
-    DeepStackImageProcessorKwargs,
-    block_order,
-    view_plan,
-)
-from .grid_layout import num_views
+from .image_processing_deepstack import DeepStackImageProcessingMixin, DeepStackImageProcessorKwargs
 
 
 if is_torchvision_available():
@@ -103,7 +98,8 @@ class DeepStackImageProcessorFast(DeepStackImageProcessingMixin, TorchBackend):
 
     Returns a `BatchFeature` with torch tensors on the processing device:
 
-    - `pixel_values`: float32 `(num_images, max_views, 3, S, S)`, zero views after each image's own (a list of
+    - `pixel_values`: float32 `(num_images, max_views, 3, S, S)`, zero views after each image's own up to the
+      batch's largest view count, or the settings' largest with `pad_to_max_views=True` (a list of
       `(num_views, 3, S, S)` tensors with `do_pad=False`);
     - `image_sizes`: int64 `(num_images, 2)`, `(height, width)` per image;
     - `num_image_tokens`: int64 `(num_images,)`, the visual tokens of each image (as the PIL backend).
@@ -163,7 +159,7 @@ class DeepStackImageProcessorFast(DeepStackImageProcessingMixin, TorchBackend):
         for cols, rows, block in plan:
             if (cols, rows) not in resized:
                 resized[(cols, rows)] = pil_like_resize(stack, (rows * crop, cols * crop), resample)
-            tiles = block_order(resized[(cols, rows)].permute(0, 2, 3, 1), crop, block)
+            tiles = self.block_order(resized[(cols, rows)].permute(0, 2, 3, 1), crop, block)
             for image_tiles, out in zip(tiles, outputs):
                 out[start : start + cols * rows].view(image_tiles.shape).copy_(image_tiles)
             start += cols * rows
@@ -184,6 +180,7 @@ class DeepStackImageProcessorFast(DeepStackImageProcessingMixin, TorchBackend):
         hd_layout: bool,
         square_grid: bool | None = None,
         patch_size: int | None = None,
+        pad_to_max_views: bool | None = None,
         disable_grouping: bool | None = None,
         rescaled_inputs: list[bool] | None = None,
         **kwargs,
@@ -204,7 +201,8 @@ class DeepStackImageProcessorFast(DeepStackImageProcessingMixin, TorchBackend):
         counts = [num_views(grids[size], int(num_crops), bool(hd_layout)) for size in sizes]
         device = images[0].device
         if do_pad is not False:
-            pixel_values = torch.empty((len(images), max(counts), 3, crop, crop), dtype=torch.float32, device=device)
+            padded = self.padded_view_count(counts, num_crops, hd_layout, pad_to_max_views)
+            pixel_values = torch.empty((len(images), padded, 3, crop, crop), dtype=torch.float32, device=device)
             outputs = [pixel_values[index, :count] for index, count in enumerate(counts)]
             for index, count in enumerate(counts):
                 pixel_values[index, count:] = 0

@@ -18,25 +18,52 @@ anything else happens. So a video in the text gives exactly the ids and ``pixel_
 image: the model needs no new token and never sees a video.
 """
 
-from __future__ import annotations
-
 import re
 
-import numpy as np
-
-from transformers.processing_utils import MultiModalData, ProcessingKwargs, ProcessorMixin
-from transformers.utils import is_torch_available
+from transformers.processing_utils import MultiModalData, ProcessingKwargs, ProcessorMixin, Unpack
 from transformers.video_processing_utils import BaseVideoProcessor
 
 from ._compat import ASSISTANT_MASKS_FOLLOW_IMAGE_EXPANSION
 from .chat_escaping import ESCAPED_RUN, control_token_pattern, escape_control_tokens, unescape
-from .grid_layout import candidate_grids, num_views
-from .image_processing_deepstack import _flatten_images
-from .video_processing_deepstack import DeepStackVideoProcessor, is_frame_list, make_video_list
+from .image_inputs import flatten_images
+from .image_processing_deepstack import DeepStackImageProcessorKwargs
+from .video_processing_deepstack import (
+    DeepStackVideoProcessor,
+    DeepStackVideoProcessorKwargs,
+    is_frame_list,
+    make_video_list,
+)
 
 
-if is_torch_available():
-    import torch
+class DeepStackProcessorKwargs(ProcessingKwargs, total=False):
+    """Keyword arguments of [`DeepStackProcessor`]: Transformers' text and processor ones, the image processor's
+    ([`DeepStackImageProcessorKwargs`]: `num_crops`, `hd_layout`, `square_grid`, `pad_to_max_views`...) and the
+    video processor's ([`DeepStackVideoProcessorKwargs`]: `num_frames`, `frames_per_row`...), flat or in
+    `images_kwargs` / `videos_kwargs`.
+
+    By default the image processor pads the view axis to the most views any image can get under the call's settings
+    (`pad_to_max_views=True`), so that samples processed one by one (a pipeline's, a data loader's) stack into one
+    batch whatever their crop grids.
+    """
+
+    images_kwargs: DeepStackImageProcessorKwargs
+    videos_kwargs: DeepStackVideoProcessorKwargs
+    _defaults = {"images_kwargs": {"pad_to_max_views": True}}
+
+
+class ExpandedPrompts(list):
+    """The prompts with every `<image>` marker expanded to its image tokens (the `list[str]` the tokenizer gets),
+    carrying `image_token_counts`: for each prompt, the image tokens of each of its images, in order.
+
+    [`DeepStackProcessor.get_text_with_replacements`] returns it, and `ProcessorMixin.__call__` hands that same
+    value to the truncation check after tokenization: the counts travel with the call, not on the processor (which
+    a server's threads or a data loader's workers share). They are needed because adjacent images form one run of
+    tokens in the expanded text.
+    """
+
+    def __init__(self, prompts: list[str], image_token_counts: list[list[int]]):
+        super().__init__(prompts)
+        self.image_token_counts = image_token_counts
 
 
 def _as_list(text) -> list:
@@ -53,13 +80,22 @@ class DeepStackProcessor(ProcessorMixin):
     DeepStack processor: a [`DeepStackImageProcessor`], a Llama-family fast tokenizer and a
     [`DeepStackVideoProcessor`], plus the chat template (`deepstack_hf.chat_templates`).
 
-    `__call__(images=None, text=None, videos=None, audio=None, **kwargs)` is `ProcessorMixin.__call__`: it returns
-    a `BatchFeature` with `input_ids` and `attention_mask` (when `text` is given) and `pixel_values` and
-    `image_sizes` (when `images` or `videos` are given), and takes every standard tokenizer keyword (`padding`,
-    `truncation`, `max_length`, `padding_side`, `return_offsets_mapping`, `return_length`...) and
-    `return_mm_token_type_ids` / `return_text_replacement_offsets`. Truncation is allowed as long as it cuts no
-    image token; otherwise a `ValueError` names the image. Image keyword arguments go to the image processor
-    (`num_crops`, `hd_layout`...), video ones to the video processor (`num_frames`, `frames_per_row`).
+    `__call__(images=None, text=None, videos=None, audio=None, **kwargs)` is `ProcessorMixin.__call__` on the hooks
+    below (docs/design.md, "The processor"). It returns a `BatchFeature` with:
+
+    - `input_ids`, `attention_mask`: `(batch, seq)` (lists of lists, or arrays / tensors with `return_tensors`),
+      each `<image>` marker expanded to its image's tokens (when `text` is given);
+    - `pixel_values`: float32 `(num_images, max_views, 3, S, S)`, each image's views then zero views up to the most
+      views any image can get under the call's settings (`pad_to_max_views`; 5 plain and 25 HD for `num_crops=4`),
+      or a list of `(num_views, 3, S, S)` with `do_pad=False`; `image_sizes`: int64 `(num_images, 2)`, each
+      image's `(height, width)` (when `images` or `videos` are given; images in reading order of their markers).
+
+    It takes every standard tokenizer keyword (`padding`, `truncation`, `max_length`, `padding_side`,
+    `return_offsets_mapping`, `return_length`...) and `return_mm_token_type_ids` / `return_text_replacement_offsets`,
+    typed in [`DeepStackProcessorKwargs`]: image keywords go to the image processor (`num_crops`, `hd_layout`...),
+    video ones to the video processor (`num_frames`, `frames_per_row`). Truncation is allowed as long as it cuts no
+    image token; otherwise a `ValueError` names the image. The processor keeps no state between calls: threads may
+    share it.
 
     Each video (a path, an http(s) URL, the encoded bytes, a binary file object, a `(T, H, W, 3)` array or tensor,
     or a list of PIL frames) becomes the image grid of its frames, and its `<video>` marker an `<image>` marker, in
@@ -77,7 +113,7 @@ class DeepStackProcessor(ProcessorMixin):
             not a token: it is rewritten to `image_token` before tokenization).
     """
 
-    valid_processor_kwargs = ProcessingKwargs
+    valid_processor_kwargs = DeepStackProcessorKwargs
 
     def __init__(
         self,
@@ -135,7 +171,7 @@ class DeepStackProcessor(ProcessorMixin):
         return (self.image_processor.crop_size.height // self.patch_size) ** 2
 
     # ------------------------------------------------------------------ inputs
-    def __call__(self, images=None, text=None, videos=None, **kwargs):
+    def __call__(self, images=None, text=None, videos=None, **kwargs: Unpack[DeepStackProcessorKwargs]):
         """`ProcessorMixin.__call__` for images, videos and text. Generic callers pass `audio` too: `None` or empty
         is accepted, anything else refused. (It is not in the signature, so that callers that inspect it offer
         none.)"""
@@ -235,9 +271,9 @@ class DeepStackProcessor(ProcessorMixin):
         empty, given = _is_empty(images), images
         images, text, _, _ = super().prepare_inputs_layout(images=None if empty else images, text=text, **kwargs)
         if text is not None and given is not None:  # empty lists per prompt still meet that prompt's markers
-            self._check_per_prompt(text, given if empty else images, self.image_token, "image", _flatten_images)
+            self._check_per_prompt(text, given if empty else images, self.image_token, "image", flatten_images)
         if images is not None:
-            images = _flatten_images(images)
+            images = flatten_images(images)
         if videos is not None or (text is not None and any(self.video_token in sample for sample in text)):
             images, text = self.videos_as_images(images, text, videos, **kwargs)
         elif text is not None:  # older releases (5.17, 5.19) do not compare the markers with the images themselves
@@ -302,26 +338,6 @@ class DeepStackProcessor(ProcessorMixin):
                 )
 
     # ------------------------------------------------------------------ multimodal hooks
-    def _process_images(self, images, **kwargs):
-        """The image processor's outputs and the `<image>` replacements, with `pixel_values` padded to the most
-        views any image can get under these settings, so that separately processed inputs (a pipeline's or a data
-        loader's samples) stack into one batch whatever their crop grids."""
-        processed, replacements = super()._process_images(images, **kwargs)
-        pixel_values = processed["pixel_values"]
-        if not isinstance(pixel_values, list):  # `do_pad=False` keeps a list of per-image arrays
-            num_crops = kwargs.get("num_crops") or self.image_processor.num_crops
-            hd = self.image_processor.hd_layout if kwargs.get("hd_layout") is None else kwargs["hd_layout"]
-            most = max(num_views(grid, num_crops, hd) for grid in candidate_grids(num_crops))
-            missing = most - pixel_values.shape[1]
-            if missing > 0:  # zero views after each image's own, as the image processor pads
-                if isinstance(pixel_values, np.ndarray):
-                    padding = [(0, 0), (0, missing)] + [(0, 0)] * (pixel_values.ndim - 2)
-                    processed["pixel_values"] = np.pad(pixel_values, padding)
-                else:
-                    padding = [0, 0] * (pixel_values.ndim - 2) + [0, missing]
-                    processed["pixel_values"] = torch.nn.functional.pad(pixel_values, padding)
-        return processed, replacements
-
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         """The `<image>` tokens of image `image_idx`: as many as the image processor counted for it."""
         return self.image_token * int(image_inputs["num_image_tokens"][image_idx])
@@ -332,23 +348,26 @@ class DeepStackProcessor(ProcessorMixin):
         reach the model as images)."""
         return ["num_image_tokens", "video_grids"]
 
-    def get_text_with_replacements(self, text, images_replacements=(), videos_replacements=(), audio_replacements=()):
-        """`ProcessorMixin`'s replacement, remembering each prompt's image token counts for the truncation check
-        that follows in the same call (adjacent images form one run of tokens, so they cannot be told apart
-        afterwards)."""
+    def get_text_with_replacements(
+        self, text, images_replacements=(), videos_replacements=(), audio_replacements=()
+    ) -> tuple[ExpandedPrompts, list[list[dict]]]:
+        """`ProcessorMixin`'s replacement; the expanded prompts come as [`ExpandedPrompts`], with each prompt's
+        image token counts for the truncation check that follows in the same call."""
         text, offsets = super().get_text_with_replacements(
             text, list(images_replacements), list(videos_replacements), list(audio_replacements)
         )
-        self._image_tokens_per_prompt = [
-            [entry["replacement"].count(self.image_token) for entry in row if entry["type"] == "image"]
-            for row in offsets
-        ]
-        return text, offsets
+        counts = [[entry["replacement"].count(self.image_token) for entry in row if entry["type"] == "image"]
+                  for row in offsets]
+        return ExpandedPrompts(text, counts or [[] for _ in text]), offsets
 
     def _check_special_mm_tokens(self, text: list[str], text_inputs, modalities: list[str]):
-        """Every image keeps all its tokens; truncation that cuts one raises a `ValueError` naming the image."""
-        per_prompt = getattr(self, "_image_tokens_per_prompt", None) or [[] for _ in text]
-        for prompt_index, (counts, ids) in enumerate(zip(per_prompt, text_inputs["input_ids"], strict=True)):
+        """Every image keeps all its tokens; truncation that cuts one raises a `ValueError` naming the image.
+
+        `text` is what [`get_text_with_replacements`] returned; other prompts get `ProcessorMixin`'s count check."""
+        if not isinstance(text, ExpandedPrompts):
+            return super()._check_special_mm_tokens(text, text_inputs, modalities)
+        per_prompt = zip(text.image_token_counts, text_inputs["input_ids"], strict=True)
+        for prompt_index, (counts, ids) in enumerate(per_prompt):
             kept = list(ids).count(self.image_token_id)
             if kept == sum(counts):
                 continue
@@ -375,4 +394,4 @@ class DeepStackProcessor(ProcessorMixin):
         return MultiModalData(**vision_data)
 
 
-__all__ = ["DeepStackProcessor"]
+__all__ = ["DeepStackProcessor", "DeepStackProcessorKwargs", "ExpandedPrompts"]

@@ -13,8 +13,6 @@ Transformers' `BaseVideoProcessor` hooks (`sample_frames`, `_decode_and_sample_v
 frames are NumPy arrays, resized (only when they differ in size) with Pillow.
 """
 
-from __future__ import annotations
-
 import math
 
 import numpy as np
@@ -118,7 +116,7 @@ class DeepStackVideoProcessorKwargs(VideosKwargs, total=False):
         Cells in a row of the grid; the last row is filled with white cells.
     """
 
-    frames_per_row: int
+    frames_per_row: int | None
 
 
 class DeepStackVideoProcessor(BaseVideoProcessor):
