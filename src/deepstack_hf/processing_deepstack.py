@@ -206,15 +206,15 @@ class DeepStackProcessor(ProcessorMixin):
         Transformers does."""
         sanitize = kwargs.pop("sanitize_control_tokens", False)
         masks = kwargs.get("return_assistant_tokens_mask")
-        if masks and not ASSISTANT_MASKS_FOLLOW_IMAGE_EXPANSION:
-            raise ValueError(
-                "return_assistant_tokens_mask=True needs Transformers >= 5.18: this release computes the masks before "
-                "each <image> is expanded into its image tokens, so they would miss the answers."
-            )
         if sanitize and (not kwargs.get("tokenize") or masks):
             raise ValueError(
                 "`sanitize_control_tokens=True` requires `tokenize=True` and is not compatible with "
                 "`return_assistant_tokens_mask=True`."
+            )
+        if masks and not ASSISTANT_MASKS_FOLLOW_IMAGE_EXPANSION:
+            raise ValueError(
+                "return_assistant_tokens_mask=True needs Transformers >= 5.18: this release computes the masks before "
+                "each <image> is expanded into its image tokens, so they would miss the answers."
             )
         if kwargs.get("tokenize") and not masks:
             conversation = self.escape_control_tokens(conversation)
